@@ -1,0 +1,93 @@
+"""Settings from the environment (prefix `LOOM_`). Every default works offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+DEMO_MODEL = "gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One accepted key: bound to a single user, or a trusted proxy that names the user per request."""
+
+    key: str
+    user_id: str | None = None
+    proxy: bool = False
+
+
+def parse_api_keys(raw: str | list) -> list[ApiKey]:
+    """`KEY=user:ID` binds a key to one user; `KEY=proxy` marks a trusted proxy (e.g. the OpenWebUI pipe).
+
+    Entries are separated by commas or whitespace.
+    """
+    if isinstance(raw, list):
+        return raw
+    keys: list[ApiKey] = []
+    for entry in raw.replace(",", " ").split():
+        key, sep, role = entry.partition("=")
+        if not sep or not key:
+            raise ValueError(f"LOOM_API_KEYS entry {entry[:4]}… must be KEY=user:ID or KEY=proxy")
+        if role == "proxy":
+            keys.append(ApiKey(key=key, proxy=True))
+        elif role.startswith("user:") and len(role) > 5:
+            keys.append(ApiKey(key=key, user_id=role[5:]))
+        else:
+            raise ValueError(f"LOOM_API_KEYS entry {key[:4]}…: role must be user:ID or proxy, got {role!r}")
+    return keys
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore")
+
+    # The OpenAI-compatible endpoint every graph uses. Unset: `loom serve` starts the embedded demo model.
+    llm_base_url: str | None = None
+    llm_api_key: str = "not-needed"
+    llm_model: str = DEMO_MODEL
+    llm_timeout: float = Field(60.0, description="Seconds before one LLM request times out.")
+    llm_max_retries: int = Field(2, description="Retries (exponential backoff with jitter) before any token.")
+
+    database_url: str = Field("sqlite:///./.loom/loom.db", description="sqlite:///path or postgresql://…")
+
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Request limits (413/422 name the limit that was hit).
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_messages: int = 500
+    max_tools: int = 128
+
+    # Embedded demo model (used only when llm_base_url is unset). `demo_model` is set by `loom serve` when
+    # it started that model, so graphs apply its quirks (plain template, stop strings, forced tool choice).
+    demo_model: bool = False
+    local_llm_port: int = 0
+    local_llm_threads: int = 2
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value):
+        return parse_api_keys(value or "")
+
+    @property
+    def uses_demo_model(self) -> bool:
+        return not self.llm_base_url
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///"))
+        return None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
