@@ -1,0 +1,328 @@
+"""LangGraph stream parts -> AG-UI 1.0 events.
+
+`RunTranslator` is fed the parts of `graph.astream(..., stream_mode=["messages", "tasks", "custom"],
+version="v2")` and returns events. It holds the wire rules in one place: RUN_STARTED first with
+`protocolVersion`, exactly one terminal event, every text message / reasoning span / tool call / step closed
+before RUN_FINISHED, text closed before a tool call starts, optional fields omitted (the ag-ui models never
+write null), no RAW events, TOOL_CALL_RESULT.messageId equal to the tool message id kept in the checkpoint.
+It does no I/O, so it is tested with golden event sequences.
+
+Conventions for graphs:
+- a model call tagged `nostream` (langgraph.constants.TAG_NOSTREAM) is not streamed (MoA proposers);
+- `get_stream_writer()({"name": ..., "value": ...})` becomes a CUSTOM event; `{"step": name, "status":
+  "started"|"finished"}` becomes STEP_STARTED/STEP_FINISHED.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ag_ui.core import (
+    CustomEvent,
+    MessagesSnapshotEvent,
+    ReasoningEndEvent,
+    ReasoningMessageContentEvent,
+    ReasoningMessageEndEvent,
+    ReasoningMessageStartEvent,
+    ReasoningStartEvent,
+    RunErrorEvent,
+    RunFinishedEvent,
+    RunStartedEvent,
+    StepFinishedEvent,
+    StepStartedEvent,
+    TextMessageContentEvent,
+    TextMessageEndEvent,
+    TextMessageStartEvent,
+    ToolCallArgsEvent,
+    ToolCallEndEvent,
+    ToolCallResultEvent,
+    ToolCallStartEvent,
+)
+from ag_ui.core.events import BaseEvent
+from ag_ui.core.token_usage import aggregate_token_usage, token_usage_from_langchain_metadata
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+
+from adapters.agui.interrupts import agui_interrupts
+from adapters.agui.messages import reasoning_id, text_of, to_agui
+
+PROTOCOL_VERSION = "1.0"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Call:
+    id: str
+    message_id: str
+    open: bool = True
+    args_sent: bool = False
+
+
+@dataclass
+class _Stream:
+    """What is open for one assistant message being streamed."""
+
+    message_id: str
+    text_open: bool = False
+    text_done: bool = False
+    reasoning_open: bool = False
+    calls: dict[int, _Call] = field(default_factory=dict)
+
+
+class RunTranslator:
+    def __init__(self, thread_id: str, run_id: str):
+        self.thread_id = thread_id
+        self.run_id = run_id
+        self._streams: dict[str, _Stream] = {}  # assistant message id -> open state
+        self._task_streams: dict[str, set[str]] = {}  # task id -> message ids it streamed
+        self._steps: Counter[str] = Counter()
+        self._task_names: dict[str, str] = {}
+        self._streamed: set[str] = set()  # assistant message ids already on the wire
+        self._calls_started: dict[str, _Call] = {}
+        self._results: set[str] = set()
+        self._usage: list = []
+        self._usage_seen: set[str] = set()
+        self.interrupts: list[Any] = []
+        self.finished = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> list[BaseEvent]:
+        return [RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id, protocol_version=PROTOCOL_VERSION,
+                                timestamp=_now())]
+
+    def feed(self, part: dict) -> list[BaseEvent]:
+        kind = part["type"]
+        if kind == "messages":
+            message, metadata = part["data"]
+            if isinstance(message, AIMessageChunk):
+                return self._on_chunk(message, metadata)
+            return []
+        if kind == "tasks":
+            data = part["data"]
+            return self._on_task_result(data) if "result" in data or "error" in data else self._on_task_start(data)
+        if kind == "custom":
+            return self._on_custom(part["data"])
+        return []
+
+    def finish(self, messages: list[BaseMessage] | None = None) -> list[BaseEvent]:
+        """Close everything and end the run; `messages` (the thread after an interrupt) is snapshotted first."""
+        events = self._close_all()
+        outcome: dict[str, Any]
+        if self.interrupts:
+            if messages is not None:
+                events.append(MessagesSnapshotEvent(messages=to_agui(messages), timestamp=_now()))
+            outcome = {"type": "interrupt", "interrupts": agui_interrupts(self.interrupts)}
+        else:
+            outcome = {"type": "success"}
+            pending = [call_id for call_id in self._calls_started if call_id not in self._results]
+            if pending:
+                outcome["pendingToolCallIds"] = pending
+        usage = aggregate_token_usage(self._usage) if self._usage else None
+        events.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, outcome=outcome,
+                                       usage=usage or None, timestamp=_now()))
+        self.finished = True
+        return events
+
+    def error(self, message: str, code: str) -> list[BaseEvent]:
+        """RUN_ERROR is legal with messages still open; it is the only terminal event of a failed run."""
+        self.finished = True
+        usage = aggregate_token_usage(self._usage) if self._usage else None
+        return [RunErrorEvent(message=message, code=code, usage=usage or None, timestamp=_now())]
+
+    @property
+    def pending_tool_calls(self) -> list[str]:
+        return [call_id for call_id in self._calls_started if call_id not in self._results]
+
+    # ------------------------------------------------------------------------------------------- messages
+
+    def _on_chunk(self, chunk: AIMessageChunk, metadata: dict) -> list[BaseEvent]:
+        if "nostream" in (metadata.get("tags") or ()):
+            return []
+        message_id = chunk.id
+        events: list[BaseEvent] = []
+        stream = self._streams.get(message_id)
+        if stream is None:
+            if message_id in self._streamed:
+                return []  # a late chunk of a message already closed
+            stream = self._streams[message_id] = _Stream(message_id)
+            self._streamed.add(message_id)
+            task = (metadata.get("langgraph_checkpoint_ns") or "").rpartition(":")[2]
+            self._task_streams.setdefault(task, set()).add(message_id)
+
+        reasoning = chunk.additional_kwargs.get("reasoning_content")
+        text = chunk.content if isinstance(chunk.content, str) else text_of(chunk.content)
+        if reasoning:
+            if not stream.reasoning_open:
+                stream.reasoning_open = True
+                rid = reasoning_id(message_id)
+                events += [ReasoningStartEvent(message_id=rid, timestamp=_now()),
+                           ReasoningMessageStartEvent(message_id=rid, role="reasoning", timestamp=_now())]
+            events.append(ReasoningMessageContentEvent(message_id=reasoning_id(message_id), delta=reasoning,
+                                                       timestamp=_now()))
+        if text and not stream.text_done:
+            events += self._close_reasoning(stream)
+            if not stream.text_open:
+                stream.text_open = True
+                events.append(TextMessageStartEvent(message_id=message_id, role="assistant", timestamp=_now()))
+            events.append(TextMessageContentEvent(message_id=message_id, delta=text, timestamp=_now()))
+        for call_chunk in chunk.tool_call_chunks:
+            events += self._on_call_chunk(stream, call_chunk)
+        if chunk.usage_metadata:
+            self._add_usage(message_id, chunk.usage_metadata, chunk.response_metadata, metadata)
+        return events
+
+    def _on_call_chunk(self, stream: _Stream, call_chunk: dict) -> list[BaseEvent]:
+        events: list[BaseEvent] = []
+        index = call_chunk.get("index") or 0
+        call = stream.calls.get(index)
+        if call is None:
+            events += self._close_reasoning(stream) + self._close_text(stream)
+            call_id = call_chunk.get("id") or f"{stream.message_id}-call-{index}"
+            call = stream.calls[index] = self._calls_started[call_id] = _Call(call_id, stream.message_id)
+            events.append(ToolCallStartEvent(tool_call_id=call_id, tool_call_name=call_chunk.get("name") or "",
+                                             parent_message_id=stream.message_id, timestamp=_now()))
+        if call_chunk.get("args"):
+            call.args_sent = True
+            events.append(ToolCallArgsEvent(tool_call_id=call.id, delta=call_chunk["args"], timestamp=_now()))
+        return events
+
+    def _close_text(self, stream: _Stream) -> list[BaseEvent]:
+        if not stream.text_open:
+            return []
+        stream.text_open, stream.text_done = False, True
+        return [TextMessageEndEvent(message_id=stream.message_id, timestamp=_now())]
+
+    def _close_reasoning(self, stream: _Stream) -> list[BaseEvent]:
+        if not stream.reasoning_open:
+            return []
+        stream.reasoning_open = False
+        rid = reasoning_id(stream.message_id)
+        return [ReasoningMessageEndEvent(message_id=rid, timestamp=_now()),
+                ReasoningEndEvent(message_id=rid, timestamp=_now())]
+
+    def _close_stream(self, message_id: str, final: AIMessage | None = None) -> list[BaseEvent]:
+        """End one streamed message; with its final form, send tool calls whose args never streamed."""
+        stream = self._streams.pop(message_id, None)
+        if stream is None:
+            return []
+        events = self._close_reasoning(stream) + self._close_text(stream)
+        by_id = {c.id: c for c in stream.calls.values()}
+        for call in (final.tool_calls if final is not None else []):
+            known = by_id.get(call["id"])
+            if known is None:  # provider sent this call atomically, outside the stream
+                events += self._emit_call(call, message_id)
+            elif not known.args_sent and call["args"]:
+                events.append(ToolCallArgsEvent(tool_call_id=known.id, delta=json.dumps(call["args"]),
+                                                timestamp=_now()))
+        for call in stream.calls.values():
+            if call.open:
+                call.open = False
+                events.append(ToolCallEndEvent(tool_call_id=call.id, timestamp=_now()))
+        return events
+
+    def _emit_call(self, call: dict, message_id: str) -> list[BaseEvent]:
+        self._calls_started[call["id"]] = _Call(call["id"], message_id, open=False, args_sent=True)
+        return [
+            ToolCallStartEvent(tool_call_id=call["id"], tool_call_name=call["name"], parent_message_id=message_id,
+                               timestamp=_now()),
+            ToolCallArgsEvent(tool_call_id=call["id"], delta=json.dumps(call["args"]), timestamp=_now()),
+            ToolCallEndEvent(tool_call_id=call["id"], timestamp=_now()),
+        ]
+
+    def _emit_message(self, message: AIMessage) -> list[BaseEvent]:
+        """A message a node returned without streaming it (no LLM stream, or a hidden one)."""
+        self._streamed.add(message.id)
+        events: list[BaseEvent] = []
+        if text := text_of(message.content):
+            events += [TextMessageStartEvent(message_id=message.id, role="assistant", timestamp=_now()),
+                       TextMessageContentEvent(message_id=message.id, delta=text, timestamp=_now()),
+                       TextMessageEndEvent(message_id=message.id, timestamp=_now())]
+        for call in message.tool_calls:
+            events += self._emit_call(call, message.id)
+        return events
+
+    def _add_usage(self, message_id: str, usage: dict, response_metadata: dict, metadata: dict) -> None:
+        if message_id in self._usage_seen:
+            return
+        self._usage_seen.add(message_id)
+        model = response_metadata.get("model_name") or metadata.get("ls_model_name")
+        entry = token_usage_from_langchain_metadata(usage, provider=metadata.get("ls_provider"), model=model)
+        if entry is not None:
+            self._usage.append(entry)
+
+    # ---------------------------------------------------------------------------------------------- tasks
+
+    def _on_task_start(self, data: dict) -> list[BaseEvent]:
+        name = data["name"]
+        self._task_names[data["id"]] = name
+        self._steps[name] += 1
+        if self._steps[name] == 1:
+            return [StepStartedEvent(step_name=name, timestamp=_now())]
+        return []
+
+    def _on_task_result(self, data: dict) -> list[BaseEvent]:
+        events: list[BaseEvent] = []
+        written = _written_messages(data.get("result") or {})
+        finals = {m.id: m for m in written if isinstance(m, AIMessage)}
+        for message_id in self._task_streams.pop(data["id"], ()):
+            events += self._close_stream(message_id, finals.get(message_id))
+        for message in written:
+            if isinstance(message, AIMessage):
+                if message.id not in self._streamed:
+                    events += self._emit_message(message)
+                if message.usage_metadata and message.id not in self._usage_seen:
+                    self._add_usage(message.id, message.usage_metadata, message.response_metadata, {})
+            elif isinstance(message, ToolMessage) and message.tool_call_id in self._calls_started:
+                self._results.add(message.tool_call_id)
+                events.append(ToolCallResultEvent(message_id=message.id, tool_call_id=message.tool_call_id,
+                                                  content=text_of(message.content), role="tool", timestamp=_now()))
+        self.interrupts += data.get("interrupts") or []
+        name = self._task_names.pop(data["id"], data["name"])
+        if self._steps[name] > 0:
+            self._steps[name] -= 1
+            if self._steps[name] == 0:
+                events.append(StepFinishedEvent(step_name=name, timestamp=_now()))
+        return events
+
+    def _on_custom(self, data: Any) -> list[BaseEvent]:
+        if isinstance(data, dict) and "step" in data:
+            name = str(data["step"])
+            if data.get("status") == "finished":
+                if self._steps[name] > 0:
+                    self._steps[name] -= 1
+                    return [StepFinishedEvent(step_name=name, timestamp=_now())] if not self._steps[name] else []
+                return []
+            self._steps[name] += 1
+            return [StepStartedEvent(step_name=name, timestamp=_now())] if self._steps[name] == 1 else []
+        if isinstance(data, dict) and "name" in data:
+            return [CustomEvent(name=str(data["name"]), value=data.get("value"), timestamp=_now())]
+        return [CustomEvent(name="loom.custom", value=data, timestamp=_now())]
+
+    def _close_all(self) -> list[BaseEvent]:
+        events: list[BaseEvent] = []
+        for message_id in list(self._streams):
+            events += self._close_stream(message_id)
+        for name, count in self._steps.items():
+            if count:
+                events.append(StepFinishedEvent(step_name=name, timestamp=_now()))
+        self._steps.clear()
+        return events
+
+
+def _written_messages(result: dict) -> list[BaseMessage]:
+    """Messages a task wrote to the `messages` channel (one write, a list, or several `$writes`)."""
+    value = result.get("messages")
+    if value is None:
+        return []
+    writes = value["$writes"] if isinstance(value, dict) and "$writes" in value else [value]
+    out: list[BaseMessage] = []
+    for write in writes:
+        out += write if isinstance(write, list) else [write]
+    return [m for m in out if isinstance(m, BaseMessage)]

@@ -1,0 +1,191 @@
+"""Tool-using assistant: calls server-side tools concurrently and the client's own (frontend) tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from graphs.context import BaseContext, client_context_prompt
+from graphs.llm import chat_model, is_demo_model
+from graphs.tools import TOOLS, needs_confirmation
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. Use the tools when they give a more reliable answer than you could "
+    "(arithmetic, the current time, unit conversions). Answer concisely."
+)
+
+# ------------------------------------------------------------------------------------------------- context
+
+
+@dataclass(kw_only=True)
+class Context(BaseContext):
+    model: str | None = field(default=None, metadata={"description": "Chat model; default: LOOM_LLM_MODEL."})
+    system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"description": "System prompt."})
+    max_iterations: int = field(
+        default=8, metadata={"description": "Model calls per user turn; the last one answers without tools."}
+    )
+    tool_timeout: float = field(default=30.0, metadata={"description": "Seconds one server-side tool may run."})
+    confirm_tools: list[str] = field(
+        default_factory=list, metadata={"description": "Server-side tools that wait for the user's approval."}
+    )
+
+
+class State(MessagesState):
+    pass
+
+
+BACKEND = {t.name: t for t in TOOLS}
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _turn_iterations(messages: list[AnyMessage]) -> int:
+    """Model calls since the last user message (the iteration bound is per user turn)."""
+    count = 0
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            break
+        count += isinstance(message, AIMessage)
+    return count
+
+
+def _answered_history(messages: list[AnyMessage]) -> list[AnyMessage]:
+    """The history with a placeholder result for any tool call the client never answered.
+
+    OpenAI-compatible servers reject a tool call without a result; this happens when a user writes a new
+    message instead of running a pending frontend tool. The checkpoint itself stays as it was.
+    """
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    out: list[AnyMessage] = []
+    for message in messages:
+        out.append(message)
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                if call["id"] not in answered:
+                    out.append(ToolMessage("The tool was not run: no result came back.", tool_call_id=call["id"],
+                                           status="error"))
+    return out
+
+
+def _frontend_schemas(ctx: Context) -> list[dict[str, Any]]:
+    return [
+        {"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
+                                          "parameters": t.get("parameters") or {"type": "object", "properties": {}}}}
+        for t in ctx.frontend_tools
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- nodes
+
+
+async def call_model(state: State, runtime: Runtime[Context]) -> dict:
+    ctx = runtime.context or Context()
+    messages = state["messages"]
+    system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
+    model = chat_model(ctx.model)
+    tools = [*TOOLS, *_frontend_schemas(ctx)]
+
+    if _turn_iterations(messages) >= ctx.max_iterations:
+        system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."
+        bound = model
+    elif is_demo_model():
+        # The embedded demo model only produces tool calls when forced, and 500s on tool_choice="auto"
+        # (shared/notes/local-llm.md): force a call on a fresh user turn, answer plainly after tool results.
+        fresh_turn = isinstance(messages[-1], HumanMessage)
+        bound = model.bind_tools(tools, tool_choice="any", parallel_tool_calls=False) if fresh_turn else model
+    else:
+        bound = model.bind_tools(tools)
+    response = await bound.ainvoke([system, *_answered_history(messages)])
+    return {"messages": [response]}
+
+
+async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
+    """Run the server-side calls of the last model turn concurrently, each under a timeout."""
+    ctx = runtime.context or Context()
+    frontend = {t["name"] for t in ctx.frontend_tools}
+    calls = [c for c in state["messages"][-1].tool_calls if c["name"] not in frontend]
+
+    # Ask before running anything: on resume this node runs again from the top, so nothing runs twice.
+    to_confirm = [c for c in calls if c["name"] in BACKEND and needs_confirmation(BACKEND[c["name"]], ctx.confirm_tools)]
+    decisions: dict[str, Any] = {}
+    if to_confirm:
+        decisions = interrupt({"interrupts": [_confirmation_request(c) for c in to_confirm]})
+
+    async def run(call: dict) -> ToolMessage:
+        def result(content: str, status: str = "success") -> ToolMessage:
+            return ToolMessage(content, tool_call_id=call["id"], name=call["name"], status=status,
+                               id=str(uuid.uuid4()))
+
+        tool_ = BACKEND.get(call["name"])
+        if tool_ is None:
+            return result(f"Error: there is no tool named {call['name']!r}.", "error")
+        decision = decisions.get(call["id"])
+        if decision is not None and not _approved(decision):
+            reason = (decision.get("payload") or {}).get("reason") if isinstance(decision.get("payload"), dict) else None
+            return result("The user rejected this tool call." + (f" Reason: {reason}" if reason else ""), "error")
+        try:
+            output = await asyncio.wait_for(tool_.ainvoke(call["args"]), ctx.tool_timeout)
+        except TimeoutError:
+            return result(f"Error: {call['name']} did not finish within {ctx.tool_timeout:g} s.", "error")
+        except Exception as exc:  # a failing tool is information for the model, not a failed run
+            return result(f"Error: {type(exc).__name__}: {exc}", "error")
+        return result(output if isinstance(output, str) else json.dumps(output, default=str))
+
+    return {"messages": list(await asyncio.gather(*(run(c) for c in calls)))}
+
+
+def _confirmation_request(call: dict) -> dict:
+    return {
+        "id": call["id"],
+        "reason": "tool_call",
+        "toolCallId": call["id"],
+        "message": f"Allow {call['name']}({json.dumps(call['args'], ensure_ascii=False)})?",
+        "responseSchema": {
+            "type": "object",
+            "properties": {"approved": {"type": "boolean"}, "reason": {"type": "string"}},
+        },
+    }
+
+
+def _approved(decision: dict) -> bool:
+    """`resolved` approves unless the payload says `approved: false`; `cancelled` rejects."""
+    payload = decision.get("payload")
+    if decision.get("status") != "resolved":
+        return False
+    return not (isinstance(payload, dict) and payload.get("approved") is False)
+
+
+# ------------------------------------------------------------------------------------------------- edges
+
+
+def after_model(state: State, runtime: Runtime[Context]) -> str:
+    ctx = runtime.context or Context()
+    frontend = {t["name"] for t in ctx.frontend_tools}
+    calls = getattr(state["messages"][-1], "tool_calls", None) or []
+    return "dispatch_tools" if any(c["name"] not in frontend for c in calls) else END
+
+
+def after_tools(state: State, runtime: Runtime[Context]) -> str:
+    """Back to the model, unless frontend calls are pending: then the run ends and the client runs them."""
+    ctx = runtime.context or Context()
+    frontend = {t["name"] for t in ctx.frontend_tools}
+    last_ai = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))
+    return END if any(c["name"] in frontend for c in last_ai.tool_calls) else "call_model"
+
+
+builder = StateGraph(State, context_schema=Context)
+builder.add_node(call_model)
+builder.add_node(dispatch_tools)
+builder.add_edge(START, "call_model")
+builder.add_conditional_edges("call_model", after_model, ["dispatch_tools", END])
+builder.add_conditional_edges("dispatch_tools", after_tools, ["call_model", END])
+
+graph = builder.compile(name="agent")

@@ -1,0 +1,64 @@
+"""The one way graphs get a chat model: ChatOpenAI against the configured OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_openai import ChatOpenAI
+
+from server.settings import get_settings
+
+# Client-side stop strings for the embedded base model, which has no chat template of its own and would
+# otherwise continue the transcript (see shared/notes/local-llm.md).
+DEMO_STOP = ["\nUser:", "\n\n"]
+
+
+class ChatModel(ChatOpenAI):
+    """ChatOpenAI that keeps `reasoning_content` (DeepSeek, vLLM, Qwen, llama.cpp servers send it).
+
+    Upstream ChatOpenAI drops non-OpenAI fields; the AG-UI adapter streams this as REASONING events.
+    """
+
+    def _convert_chunk_to_generation_chunk(
+        self, chunk: dict, default_chunk_class: type, base_generation_info: dict | None
+    ) -> ChatGenerationChunk | None:
+        generation = super()._convert_chunk_to_generation_chunk(chunk, default_chunk_class, base_generation_info)
+        choices = chunk.get("choices")
+        if generation is not None and choices:
+            reasoning = (choices[0].get("delta") or {}).get("reasoning_content")
+            if reasoning:
+                generation.message.additional_kwargs["reasoning_content"] = reasoning
+        return generation
+
+    def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:
+        result = super()._create_chat_result(response, generation_info)
+        raw = response if isinstance(response, dict) else response.model_dump()
+        for generation, choice in zip(result.generations, raw.get("choices") or []):
+            reasoning = (choice.get("message") or {}).get("reasoning_content")
+            if reasoning:
+                generation.message.additional_kwargs["reasoning_content"] = reasoning
+        return result
+
+
+@lru_cache(maxsize=64)
+def chat_model(model: str | None = None, temperature: float | None = None, max_tokens: int | None = None) -> ChatModel:
+    """A cached streaming chat model; one instance (and so one connection pool) per distinct setting."""
+    settings = get_settings()
+    return ChatModel(
+        model=model or settings.llm_model,
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        streaming=True,
+        stream_usage=True,
+        timeout=settings.llm_timeout,
+        max_retries=settings.llm_max_retries,
+        stop=DEMO_STOP if settings.demo_model else None,
+    )
+
+
+def is_demo_model() -> bool:
+    return get_settings().demo_model

@@ -1,0 +1,103 @@
+"""One AG-UI run of one graph: prepare (may fail with an HTTP error), then stream events (may end in RUN_ERROR)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from ag_ui.core import RunAgentInput
+from ag_ui.core.events import BaseEvent
+
+from adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
+from adapters.agui.outbound import RunTranslator
+from server.errors import classify
+from server.registry import GraphEntry
+
+log = logging.getLogger("loom.run")
+
+STREAM_MODES = ["messages", "tasks", "custom"]
+
+
+@dataclass
+class PreparedRun:
+    entry: GraphEntry
+    run: RunAgentInput
+    user_id: str
+    config: dict
+    context: Any
+    graph_input: Any  # a messages update, a resume Command, or None when there is nothing to do
+    error: InputError | None = None  # a protocol-level refusal, reported as RUN_ERROR in the stream
+
+
+async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
+    """Validate the request against the thread's checkpoint. Raises InputError for a malformed request."""
+    context = runtime_context(entry.context_schema, run, user_id)
+    config = {
+        "configurable": {"thread_id": run.thread_id, "user_id": user_id},
+        "metadata": {"agui_run_id": run.run_id, "user_id": user_id, "graph": entry.name},
+    }
+    snapshot = await entry.graph.aget_state(config)
+    pending = list(snapshot.interrupts)
+    stored = snapshot.values.get("messages", []) if snapshot.values else []
+    prepared = PreparedRun(entry, run, user_id, config, context, None)
+    if run.resume:
+        try:
+            prepared.graph_input = resume_command(run, pending)
+        except InputError as exc:
+            prepared.error = exc
+        return prepared
+    update, history = graph_messages(run, stored)
+    if pending:
+        prepared.error = InputError(
+            "interrupt_pending",
+            "This thread is waiting for an answer to an interrupt; send resume[] covering every open interrupt.")
+    elif needs_answer(history):
+        prepared.graph_input = {"messages": update}
+    return prepared
+
+
+def encode(events: list[BaseEvent]) -> str:
+    return "".join(f"data: {event.model_dump_json(by_alias=True)}\n\n" for event in events)
+
+
+async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
+    """AG-UI events as SSE text. Cancelling the iteration (client gone) cancels the graph run."""
+    run, entry = prepared.run, prepared.entry
+    translator = RunTranslator(run.thread_id, run.run_id)
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield encode(translator.start())
+        if prepared.error is not None:
+            outcome = f"error:{prepared.error.code}"
+            yield encode(translator.error(str(prepared.error), prepared.error.code.upper()))
+            return
+        if prepared.graph_input is not None:
+            stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
+                                         stream_mode=STREAM_MODES, version="v2")
+            async for part in stream:
+                events = translator.feed(part)
+                if events:
+                    yield encode(events)
+        messages = None
+        if translator.interrupts:
+            messages = (await entry.graph.aget_state(prepared.config)).values.get("messages", [])
+        outcome = "interrupt" if translator.interrupts else (
+            "pending_tools" if translator.pending_tool_calls else "success")
+        yield encode(translator.finish(messages))
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    except Exception as exc:
+        code, message = classify(exc)
+        outcome = f"error:{code}"
+        log.debug("run failed", exc_info=exc)
+        if not translator.finished:
+            yield encode(translator.error(message, code))
+    finally:
+        log.info("run graph=%s thread=%s run=%s user=%s duration_ms=%.0f outcome=%s", entry.name, run.thread_id,
+                 run.run_id, prepared.user_id, (time.perf_counter() - started) * 1000, outcome)
+
