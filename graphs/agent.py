@@ -15,7 +15,8 @@ from langgraph.types import interrupt
 
 from graphs.context import BaseContext, client_context_prompt
 from graphs.llm import chat_model, is_demo_model
-from graphs.tools import TOOLS, needs_confirmation
+from graphs.tools import all_tools, needs_confirmation
+from server.settings import get_settings
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Use the tools when they give a more reliable answer than you could "
@@ -42,7 +43,8 @@ class State(MessagesState):
     pass
 
 
-BACKEND = {t.name: t for t in TOOLS}
+def backend_tools() -> dict:
+    return all_tools(get_settings().extra_tools)
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -91,7 +93,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
     model = chat_model(ctx.model)
-    tools = [*TOOLS, *_frontend_schemas(ctx)]
+    tools = [*backend_tools().values(), *_frontend_schemas(ctx)]
 
     if _turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."
@@ -112,9 +114,10 @@ async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context or Context()
     frontend = {t["name"] for t in ctx.frontend_tools}
     calls = [c for c in state["messages"][-1].tool_calls if c["name"] not in frontend]
+    backend = backend_tools()
 
     # Ask before running anything: on resume this node runs again from the top, so nothing runs twice.
-    to_confirm = [c for c in calls if c["name"] in BACKEND and needs_confirmation(BACKEND[c["name"]], ctx.confirm_tools)]
+    to_confirm = [c for c in calls if c["name"] in backend and needs_confirmation(backend[c["name"]], ctx.confirm_tools)]
     decisions: dict[str, Any] = {}
     if to_confirm:
         decisions = interrupt({"interrupts": [_confirmation_request(c) for c in to_confirm]})
@@ -124,7 +127,7 @@ async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
             return ToolMessage(content, tool_call_id=call["id"], name=call["name"], status=status,
                                id=str(uuid.uuid4()))
 
-        tool_ = BACKEND.get(call["name"])
+        tool_ = backend.get(call["name"])
         if tool_ is None:
             return result(f"Error: there is no tool named {call['name']!r}.", "error")
         decision = decisions.get(call["id"])

@@ -1,8 +1,9 @@
 """Built-in server-side tools of the `agent` graph.
 
 To add a tool: write a function with LangChain's `@tool` decorator (a docstring the model reads, typed
-arguments) and append it to `TOOLS`. Pass `metadata={"needs_confirmation": True}` to `@tool` to make every
-call wait for the user's approval (an AG-UI interrupt); the runtime context's `confirm_tools` does the same
+arguments) and append it to `TOOLS` — or, without touching loom, list modules that define a `TOOLS` list in
+`LOOM_EXTRA_TOOLS` (comma-separated import paths). Set `my_tool.metadata = {"needs_confirmation": True}` to make
+every call wait for the user's approval (an AG-UI interrupt); the runtime context's `confirm_tools` does the same
 for any tool by name.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import importlib
 from datetime import datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from langchain_core.tools import BaseTool, tool
@@ -149,6 +152,15 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> str:
 
 
 TOOLS: list[BaseTool] = [calculator, current_time, convert_units]
+
+
+@lru_cache
+def all_tools(extra_modules: str = "") -> dict[str, BaseTool]:
+    """Built-in tools plus those of the `LOOM_EXTRA_TOOLS` modules, by name."""
+    tools = list(TOOLS)
+    for module in filter(None, (m.strip() for m in extra_modules.split(","))):
+        tools += importlib.import_module(module).TOOLS
+    return {t.name: t for t in tools}
 
 
 def needs_confirmation(tool_: BaseTool, confirm_tools: list[str]) -> bool:

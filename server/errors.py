@@ -5,6 +5,15 @@ from __future__ import annotations
 import httpx
 import openai
 
+try:  # the openai SDK moved to httpx2; mid-stream transport errors surface from whichever it uses
+    import httpx2
+
+    _STREAM_BROKEN = (httpx.RemoteProtocolError, httpx.ReadError, httpx2.RemoteProtocolError, httpx2.ReadError)
+    _STREAM_STALLED = (httpx.TimeoutException, httpx2.TimeoutException, TimeoutError)
+except ImportError:  # pragma: no cover
+    _STREAM_BROKEN = (httpx.RemoteProtocolError, httpx.ReadError)
+    _STREAM_STALLED = (httpx.TimeoutException, TimeoutError)
+
 LLM_UNREACHABLE = "LLM_UNREACHABLE"
 LLM_AUTH = "LLM_AUTH"
 LLM_RATE_LIMITED = "LLM_RATE_LIMITED"
@@ -31,9 +40,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return LLM_BAD_RESPONSE, f"The model server does not know this model or path (404): {_detail(exc)}"
     if isinstance(exc, openai.APIStatusError):
         return LLM_BAD_RESPONSE, f"The model server answered HTTP {exc.status_code}: {_detail(exc)}"
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+    if isinstance(exc, _STREAM_BROKEN):
         return LLM_BAD_RESPONSE, "The model server closed the stream in the middle of a response."
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+    if isinstance(exc, _STREAM_STALLED):
         return LLM_TIMEOUT, "The model server stopped sending in the middle of a response (LOOM_LLM_TIMEOUT)."
     if isinstance(exc, (openai.APIResponseValidationError, ValueError)) and _from_llm(exc):
         return LLM_BAD_RESPONSE, f"The model server sent a response loom cannot read: {exc}"

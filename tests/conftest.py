@@ -1,0 +1,154 @@
+"""Real servers on loopback: the scripted LLM, and loom itself under uvicorn (`loom serve`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.llm_server import LLMServer, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+POSTGRES_URL = os.environ.get("LOOM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class LoomServer:
+    """`loom serve` in its own process group; restartable on the same database."""
+
+    def __init__(self, tmp: Path, **env: str):
+        self.tmp = tmp
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "LOOM_LLM_API_KEY": "test-key",
+            "LOOM_LLM_MODEL": "scripted",
+            "LOOM_LLM_TIMEOUT": "3",
+            "LOOM_LLM_MAX_RETRIES": "1",
+            "LOOM_EXTRA_TOOLS": "tests.fixture_tools",
+            "LOOM_DATABASE_URL": f"sqlite:///{tmp / 'loom.db'}",
+            **env,
+        }
+        self.env.pop("LOOM_DEMO_MODEL", None)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"loom-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "LoomServer":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([str(BIN / "loom"), "serve", "--port", str(self.port)], cwd=REPO,
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"loom exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"loom did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def restart(self) -> "LoomServer":
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # ---------------------------------------------------------------------------------------------- runs
+
+    def post(self, graph: str, body: dict | bytes, headers: dict | None = None) -> tuple[httpx.Response, list]:
+        """POST a run; returns the response and its parsed SSE events (empty for an HTTP error)."""
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        with httpx.Client(timeout=60) as client:
+            with client.stream("POST", f"{self.url}/agents/{graph}", content=content,
+                               headers={"content-type": "application/json", **(headers or {})}) as response:
+                raw = response.read().decode()
+        events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
+        return response, events
+
+    def run(self, graph: str, messages: list[dict], thread_id: str | None = None, headers: dict | None = None,
+            **fields) -> list[dict]:
+        body = {"threadId": thread_id or new_id(), "runId": new_id(), "messages": messages, **fields}
+        response, events = self.post(graph, body, headers)
+        assert response.status_code == 200, response.text
+        return events
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def user(text: str, id: str | None = None) -> dict:
+    return {"id": id or new_id(), "role": "user", "content": text}
+
+
+def event_types(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def text_of(events: list[dict]) -> str:
+    return "".join(e["delta"] for e in events if e["type"] == "TEXT_MESSAGE_CONTENT")
+
+
+def assistant_messages(events: list[dict]) -> list[str]:
+    """Assistant texts of a run, in wire order, one per TEXT_MESSAGE_START."""
+    texts: dict[str, str] = {}
+    for e in events:
+        if e["type"] == "TEXT_MESSAGE_START":
+            texts[e["messageId"]] = ""
+        elif e["type"] == "TEXT_MESSAGE_CONTENT":
+            texts[e["messageId"]] += e["delta"]
+    return list(texts.values())
+
+
+@pytest.fixture(scope="session")
+def llm():
+    server = LLMServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_llm_script(request):
+    # Scripts and request logs must not leak between tests; only tests that use the LLM pay for the reset.
+    if "llm" in request.fixturenames:
+        request.getfixturevalue("llm").reset()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def loom(request, llm, tmp_path_factory):
+    """The loom server against the scripted LLM, once with SQLite and once with PostgreSQL."""
+    tmp = tmp_path_factory.mktemp(f"loom-{request.param}")
+    env = {"LOOM_LLM_BASE_URL": llm.url}
+    if request.param == "postgres":
+        env["LOOM_DATABASE_URL"] = POSTGRES_URL
+    server = LoomServer(tmp, **env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def loom_sqlite(llm, tmp_path_factory):
+    server = LoomServer(tmp_path_factory.mktemp("loom"), LOOM_LLM_BASE_URL=llm.url).start()
+    yield server
+    server.stop()
