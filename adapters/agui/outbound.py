@@ -279,7 +279,7 @@ class RunTranslator:
                     events += self._emit_message(message)
                 if message.usage_metadata and message.id not in self._usage_seen:
                     self._add_usage(message.id, message.usage_metadata, message.response_metadata, {})
-            elif isinstance(message, ToolMessage) and message.tool_call_id in self._calls_started:
+            elif isinstance(message, ToolMessage):  # also for calls of an earlier run (an approved interrupt)
                 self._results.add(message.tool_call_id)
                 events.append(ToolCallResultEvent(message_id=message.id, tool_call_id=message.tool_call_id,
                                                   content=text_of(message.content), role="tool", timestamp=_now()))
