@@ -28,8 +28,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
     The openai client has already retried what is safe to retry (connection errors, 408/409/429/5xx) with
     exponential backoff and jitter before any token arrived; what reaches here is final.
     """
+    if any(isinstance(e, _STREAM_BROKEN) for e in _chain(exc)):
+        return LLM_BAD_RESPONSE, "The model server closed the stream in the middle of a response."
     if isinstance(exc, openai.APITimeoutError):
-        return LLM_TIMEOUT, "The model server did not answer in time (LOOM_LLM_TIMEOUT)."
+        return LLM_TIMEOUT, "The model server went silent for longer than LOOM_LLM_TIMEOUT allows."
     if isinstance(exc, openai.APIConnectionError):
         return LLM_UNREACHABLE, f"Cannot reach the model server: {exc.__cause__ or exc}. Check LOOM_LLM_BASE_URL."
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
@@ -43,10 +45,18 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, _STREAM_BROKEN):
         return LLM_BAD_RESPONSE, "The model server closed the stream in the middle of a response."
     if isinstance(exc, _STREAM_STALLED):
-        return LLM_TIMEOUT, "The model server stopped sending in the middle of a response (LOOM_LLM_TIMEOUT)."
+        return LLM_TIMEOUT, "The model server went silent for longer than LOOM_LLM_TIMEOUT allows."
     if isinstance(exc, (openai.APIResponseValidationError, ValueError)) and _from_llm(exc):
         return LLM_BAD_RESPONSE, f"The model server sent a response loom cannot read: {exc}"
     return INTERNAL, f"The run failed: {type(exc).__name__}: {exc}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes: the openai SDK wraps transport errors (a broken stream too)."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(nxt)
+    return chain
 
 
 def _detail(exc: openai.APIStatusError) -> str:

@@ -67,11 +67,6 @@ class _Abort(Exception):
     """Raised after a partial body: uvicorn then closes the socket mid-response."""
 
 
-class _QuietAbort(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and record.exc_info[0] is _Abort)
-
-
 def _text_of(content) -> str:
     if isinstance(content, str):
         return content
@@ -143,11 +138,12 @@ class App:
             req = json.loads(body) if body else {}
         except ValueError:
             req = None
-        self.next_id += 1
-        rec = {"id": self.next_id, "path": path, "model": (req or {}).get("model"), "body": req,
+        rec = {"id": None, "path": path, "model": (req or {}).get("model"), "body": req,
                "started_at": time.time(), "first_byte_at": None, "ended_at": None, "status": None,
                "outcome": None}
-        if method == "POST" and path in ("/v1/chat/completions", "/v1/embeddings"):
+        if method == "POST" and path in ("/v1/chat/completions", "/v1/embeddings"):  # not GET /v1/models
+            self.next_id += 1
+            rec["id"] = self.next_id
             self.log.append(rec)
         if self.auth and dict(scope["headers"]).get(b"authorization") != self.auth:
             return await self._error(send, rec, 401, "Incorrect API key provided.")
@@ -155,7 +151,8 @@ class App:
             return await self._error(send, rec, 400, "request body is not valid JSON")
         if method == "GET" and path == "/v1/models":
             ids = ["mock-model", *self.models, *(m for m in self.queues if m != "*")]
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "loom-tests"} for m in dict.fromkeys(ids)]
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "loom-tests"}
+                    for m in dict.fromkeys(ids)]
             return await _send_json(send, 200, _dumps({"object": "list", "data": data}).encode())
         if method == "POST" and path == "/v1/embeddings":
             return await self._embeddings(send, rec, req)
@@ -260,7 +257,8 @@ class App:
         events = [head + _dumps({"reasoning_content": t}).encode() + tail for t in reasoning]
         events += [head + _dumps({"content": t}).encode() + tail for t in content]
         for i, (call_id, name, frags) in enumerate(calls):
-            first = {"index": i, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+            first = {"index": i, "id": call_id, "type": "function",
+                     "function": {"name": name, "arguments": ""}}
             events.append(head + _dumps({"tool_calls": [first]}).encode() + tail)
             events += [head + _dumps({"tool_calls": [{"index": i, "function": {"arguments": f}}]}).encode()
                        + tail for f in frags]
@@ -270,7 +268,8 @@ class App:
         end = head + b'{},"logprobs":null,"finish_reason":' + _dumps(finish).encode() + b"}]}\n\n"
         if (req.get("stream_options") or {}).get("include_usage"):
             usage = self._usage(spec, req, len(events) - len(calls) - bool(spec.get("bad_json")))
-            end += head.split(b',"choices"')[0] + b',"choices":[],"usage":' + _dumps(usage).encode() + b"}\n\n"
+            usage_head = head.split(b',"choices"')[0]  # same id/model, empty choices
+            end += usage_head + b',"choices":[],"usage":' + _dumps(usage).encode() + b"}\n\n"
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         rec.update(first_byte_at=time.time(), status=200)
         body = {"type": "http.response.body", "body": head + b'{"role":"assistant","content":""}' + tail,
@@ -309,12 +308,14 @@ class App:
         if reasoning:
             message["reasoning_content"] = "".join(reasoning)
         if calls:
-            message["tool_calls"] = [{"id": c, "type": "function", "function": {"name": nm, "arguments": "".join(f)}}
-                                     for c, nm, f in calls]
+            message["tool_calls"] = [
+                {"id": c, "type": "function", "function": {"name": nm, "arguments": "".join(f)}}
+                for c, nm, f in calls]
         finish = spec.get("finish_reason") or ("tool_calls" if calls else "stop")
         out = _dumps({"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
                       "created": int(time.time()), "model": rec["model"], "system_fingerprint": None,
-                      "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                      "choices": [{"index": 0, "message": message, "logprobs": None,
+                                   "finish_reason": finish}],
                       "usage": self._usage(spec, req, n)}).encode()
         if spec.get("bad_json"):
             out = b"{this is not json"
@@ -371,8 +372,13 @@ class LLMServer:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.05)
+            tail = self.log_text()[-2000:]
             self.stop()
-        raise RuntimeError(f"llm_server did not start; log:\n{Path(self.log_path).read_text()[-2000:]}")
+        raise RuntimeError(f"llm_server did not start; log:\n{tail}")
+
+    def log_text(self) -> str:
+        """The subprocess's stdout/stderr so far (deleted by stop())."""
+        return Path(self.log_path).read_text() if self.log_path else ""
 
     def _post(self, path: str, payload: dict | None = None) -> None:
         self._http.post(path, json=payload or {}).raise_for_status()
@@ -412,6 +418,9 @@ class LLMServer:
                 self.proc.wait()
         if getattr(self, "_http", None):
             self._http.close()
+        if self.log_path:
+            Path(self.log_path).unlink(missing_ok=True)
+            self.log_path = ""
 
     def __enter__(self) -> "LLMServer":
         return self.start()
@@ -433,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-limit", type=int, default=10000)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="llm_server %(levelname)s %(message)s")
-    logging.getLogger("uvicorn.error").addFilter(_QuietAbort())
+    # Deliberate aborts are not errors: keep uvicorn's "Exception in ASGI application" out of the log.
+    logging.getLogger("uvicorn.error").addFilter(lambda r: not (r.exc_info and r.exc_info[0] is _Abort))
     app = App(a.api_key, a.ttft_ms, a.token_delay_ms, a.tokens, a.log_limit)
     uvicorn.run(app, host=a.host, port=a.port, log_config=None, log_level="warning", access_log=False,
                 lifespan="off")

@@ -106,7 +106,8 @@ async def test_reasoning_content(llm):
     stream = await oai(llm).chat.completions.create(model="m", messages=USER, stream=True)
     deltas = [c.choices[0].delta async for c in stream if c.choices]
     # openai SDK: unknown delta fields are kept as pydantic extras, readable as attributes.
-    assert "".join(d.reasoning_content for d in deltas if getattr(d, "reasoning_content", None)) == "let me think"
+    reasoning = [d.reasoning_content for d in deltas if getattr(d, "reasoning_content", None)]
+    assert "".join(reasoning) == "let me think"
 
     # ChatOpenAI (langchain-openai 1.7) DROPS reasoning_content: _convert_delta_to_message_chunk copies
     # only content/function_call/tool_calls, so it is in neither additional_kwargs nor content blocks.
@@ -143,11 +144,12 @@ async def test_disconnect_after_tokens_and_bad_json(llm):
     llm.script({"text": "a b c d e", "disconnect_after_tokens": 2}, {"text": "x", "bad_json": True})
     client = oai(llm)
     got = []
-    # The server closes the socket mid-body; httpx reports the truncated chunked body.
-    with pytest.raises(httpx.RemoteProtocolError):
+    # The server closes the socket mid-body. openai 3.x (on httpx2) wraps the transport's
+    # RemoteProtocolError("incomplete chunked read") into APIConnectionError even mid-stream.
+    with pytest.raises(openai.APIConnectionError) as err:
         async for c in await client.chat.completions.create(model="m", messages=USER, stream=True):
             got.append(c.choices[0].delta.content)
-    assert got == ["", "a", " b"]
+    assert got == ["", "a", " b"] and "incomplete chunked read" in str(err.value.__cause__)
     with pytest.raises(json.JSONDecodeError):
         async for _ in await client.chat.completions.create(model="m", messages=USER, stream=True):
             pass
