@@ -27,56 +27,41 @@ DEMO_STOP: list[str] = ["\nUser:", "\n\n"]
 # (llama.cpp's tool grammar allows free text ahead of the call) and one slot serves one request at a time.
 MAX_TOKENS = 512
 
-# Jinja in llama.cpp's dialect. Two renderings, chosen by whether the request carries tools:
-# - no tools: a plain transcript with one few-shot pair; the base model answers briefly after "Assistant:".
-# - tools: Gemma turns, the tools as JSON and a one-shot example of a call. With tool_choice="required"
-#   llama.cpp's grammar forces a call; its template analyser learns the call format from `call` below.
-# Assistant tool calls render the same way in both branches: the analyser compares renderings of messages
-# with and without tool calls, and a nested {"tool_call": {...}} object is mis-analysed (name and arguments
-# expected side by side), so the flat {"name": …, "arguments": …} shape is the one that parses.
-CHAT_TEMPLATE = """\
+# Jinja in llama.cpp's dialect (trim_blocks is on, so every newline is written as an explicit '\n').
+# - No tools: a plain transcript with one few-shot pair; the base model answers briefly after "Assistant:"
+#   and the client's DEMO_STOP ends the turn.
+# - Tools: the same transcript style plus one worked example of a call. llama.cpp's grammar (tool_choice
+#   "required") allows free text before the JSON, and without the example the base model babbles and never
+#   opens the object; with it a call comes back 7/7 on our probe prompts (right tool 4/7). The example
+#   tool is deliberately unlike common tools: a `get_time` example made the model pick `get_weather`.
+# - Assistant tool calls render as flat {"name": …, "arguments": …} in both branches. llama.cpp learns the
+#   call format by diffing renderings with and without tool calls; a nested {"tool_call": {…}} object is
+#   mis-analysed (it then expects "name" beside "tool_call") and never parses.
+CHAT_TEMPLATE = r"""
 {%- macro call(tc) -%}
 {%- set f = tc.function if tc.function is defined else tc -%}
-{"name": "{{ f.name }}", "arguments": {% if f.arguments is string %}{{ f.arguments }}\
-{% else %}{{ f.arguments | tojson }}{% endif %}}
+{"name": "{{ f.name }}", "arguments": {% if f.arguments is string %}{{ f.arguments }}{% else %}{{ f.arguments | tojson }}{% endif %}}
 {%- endmacro -%}
+{%- for m in messages if m.role == 'system' -%}{{ m.content + '\n\n' }}{%- endfor -%}
 {%- if tools -%}
-<start_of_turn>user
-{% for m in messages if m.role == 'system' %}{{ m.content }}
-{% endfor %}You can call these tools:
-{% for t in tools %}{{ (t.function if t.function is defined else t) | tojson }}
-{% endfor %}To call a tool, reply with only one JSON object: {"name": <tool name>, "arguments": {<arguments>}}
-Example: What is the weather in Paris?<end_of_turn>
-<start_of_turn>model
-{"name": "get_weather", "arguments": {"city": "Paris"}}<end_of_turn>
-{% for m in messages if m.role != 'system' -%}
-{%- if m.role == 'user' %}<start_of_turn>user
-{{ m.content }}<end_of_turn>
-{% elif m.role == 'assistant' %}<start_of_turn>model
-{{ m.content or '' }}{% for tc in m.tool_calls or [] %}{{ call(tc) }}{% endfor %}<end_of_turn>
-{% elif m.role == 'tool' %}<start_of_turn>user
-Tool result: {{ m.content }}<end_of_turn>
-{% endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt %}<start_of_turn>model
-{% endif -%}
+{{- 'In these conversations the assistant answers by calling one tool, as one JSON object.\n\nTools:\n' -}}
+{{- '{"name": "dictionary", "description": "Look up the meaning of a word.", "parameters": ' -}}
+{{- '{"type": "object", "properties": {"word": {"type": "string"}}}}\n' -}}
+{{- 'User: What does serendipity mean?\n' -}}
+{{- 'Assistant: {"name": "dictionary", "arguments": {"word": "serendipity"}}\n\nTools:\n' -}}
+{%- for t in tools -%}{{ (t.function if t.function is defined else t) | tojson }}{{ '\n' }}{%- endfor -%}
 {%- else -%}
-{% for m in messages if m.role == 'system' %}{{ m.content }}
-
-{% endfor %}A conversation between a user and a helpful assistant.
-
-User: Hello, who are you?
-Assistant: I am a helpful assistant.
-{%- for m in messages if m.role != 'system' %}
-{% if m.role == 'user' %}User: {{ m.content }}
-{%- elif m.role == 'assistant' %}Assistant: {{ m.content or '' }}\
-{% for tc in m.tool_calls or [] %}{{ call(tc) }}{% endfor %}
-{%- elif m.role == 'tool' %}Tool result: {{ m.content }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-Assistant:{% endif -%}
+{{- 'A conversation between a user and a helpful assistant.\n\n' -}}
+{{- 'User: Hello, who are you?\nAssistant: I am a helpful assistant.\n' -}}
 {%- endif -%}
+{%- for m in messages if m.role != 'system' -%}
+{%- if m.role == 'user' -%}{{ '\nUser: ' + m.content }}
+{%- elif m.role == 'assistant' -%}
+{{- '\nAssistant: ' + (m.content or '') }}{%- for tc in m.tool_calls or [] -%}{{ call(tc) }}{%- endfor -%}
+{%- elif m.role == 'tool' -%}{{ '\nTool result: ' + m.content }}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '\nAssistant:' }}{%- endif -%}
 """
 
 
