@@ -57,7 +57,7 @@ CHAT_TEMPLATE = r"""
 {%- for m in messages if m.role != 'system' -%}
 {%- if m.role == 'user' -%}{{ '\nUser: ' + m.content }}
 {%- elif m.role == 'assistant' -%}
-{{- '\nAssistant: ' + (m.content or '') }}{%- for tc in m.tool_calls or [] -%}{{ call(tc) }}{%- endfor -%}
+{{- '\nAssistant: ' + (m.content or '') | trim }}{%- for tc in m.tool_calls or [] -%}{{ call(tc) }}{%- endfor -%}
 {%- elif m.role == 'tool' -%}{{ '\nTool result: ' + m.content }}
 {%- endif -%}
 {%- endfor -%}
