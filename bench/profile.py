@@ -1,11 +1,16 @@
 """py-spy around a benchmark phase, and a summary of its collapsed stacks (where the CPU time went).
 
-`py-spy record --format raw` writes one line per distinct stack: `frame;frame;...;leaf COUNT`, each frame
-`function (path/file.py:line)`. The summary gives, over all samples of the server process:
-- self time by function (the leaf frame, line numbers dropped),
-- inclusive time by function (each function counted once per stack),
-- self time by package (the leaf frame's top-level module / loom directory),
-- named probes: the inclusive share of stacks containing a given frame substring.
+`py-spy record --format raw --threads --full-filenames` writes one line per distinct stack:
+`thread;frame;...;leaf COUNT`, each frame `function (/path/file.py:line)`. The summary splits the samples
+into the event-loop thread (where every request, graph step and SSE write of the server runs) and the other
+threads (the default thread pool, aiosqlite's connection threads). In this container py-spy's idle detection
+counts a pool thread blocked in `queue.get()` as active when it is woken up; those samples are reported as
+"thread wake-ups" and kept out of the function breakdown. For the event-loop thread it gives:
+- self time by package and by function (the leaf frame, line numbers dropped),
+- inclusive time by function (each function counted once per stack; frames on >97% of stacks hidden),
+- named probes: the share of stacks containing a given frame (substring match on `function (file)`).
+Shares are of the event-loop thread's samples. `Runner.run` as a leaf is uvloop's C code (polling, socket
+reads/writes done by the loop, callback dispatch): py-spy attributes it to the Python frame that entered it.
 """
 
 from __future__ import annotations
@@ -16,10 +21,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
+import time
 from collections import Counter
 from pathlib import Path
 
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*?)(?::(?P<line>\d+))?\)$")
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+REPO = str(Path(__file__).resolve().parent.parent) + "/"
+STDLIB = sysconfig.get_paths()["stdlib"] + "/"
+# Leaf frames of a pool thread blocked in queue.get() (function, file suffix, source text of the line).
+_WAITS = (("_worker", "concurrent/futures/thread.py", "work_queue.get("),
+          ("_connection_worker_thread", "aiosqlite/core.py", "tx.get("))
 
 
 def py_spy_path() -> str | None:
@@ -42,10 +54,9 @@ class Recorder:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [exe, "record", "-p", str(self.pid), "-r", str(self.rate), "-d", str(self.max_seconds),
-                 "--format", "raw", "-o", str(self.out)], stdout=log, stderr=subprocess.STDOUT)
-        import time
-
-        deadline = time.monotonic() + 10  # wait until py-spy has attached
+                 "--format", "raw", "--threads", "--full-filenames", "-o", str(self.out)],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15  # wait until py-spy has attached
         while time.monotonic() < deadline and "Sampling" not in self.log.read_text():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"py-spy failed: {self.log.read_text()[-1000:]}")
@@ -62,87 +73,135 @@ class Recorder:
                 self.proc.wait()
 
 
-def _key(frame: str) -> tuple[str, str]:
+def _short(path: str) -> tuple[str, str]:
+    """(display path, package) for a full file name."""
+    if "/site-packages/" not in path and path.startswith(REPO):
+        rel = path[len(REPO):]
+        return rel, f"loom {rel.split('/')[0]}/" if "/" in rel else "loom"
+    if "/site-packages/" in path:
+        rel = path.split("/site-packages/", 1)[1]
+        parts = rel.split("/")
+        package = parts[0].removesuffix(".py")
+        if package == "langgraph" and len(parts) > 2:
+            package = f"langgraph.{parts[1]}"
+        return rel, package
+    if path.startswith(STDLIB) or "/lib/python3" in path:
+        rel = path.split("/lib/python3", 1)[1].split("/", 1)[-1] if "/lib/python3" in path else path
+        return rel, f"stdlib {rel.split('/')[0].removesuffix('.py')}"
+    return path, path or "?"
+
+
+def _is_wait(frame: str) -> bool:
+    m = _FRAME.match(frame.strip())
+    if not m or not m["line"]:
+        return False
+    for func, suffix, text in _WAITS:
+        if m["func"] == func and m["file"].endswith(suffix):
+            import linecache
+
+            return text in linecache.getline(m["file"], int(m["line"]))
+    return False
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    """(`function (short/path.py)`, package)."""
     m = _FRAME.match(frame.strip())
     if not m:
-        return frame.strip(), ""
-    return m["func"], m["file"]
+        return frame.strip(), "?"
+    short, package = _short(m["file"])
+    return f"{m['func']} ({short})", package
 
 
-def _package(file: str) -> str:
-    parts = file.split("/")
-    if parts[0] in ("server", "adapters", "graphs", "bench"):
-        return f"loom:{parts[0]}/{parts[-1]}" if parts[0] != "bench" else "bench"
-    if not parts[0] or file.startswith("<"):
-        return "?"
-    head = parts[0].removesuffix(".py")
-    if head in ("asyncio", "json", "logging", "uuid", "threading", "concurrent", "contextvars", "copy",
-                "typing", "dataclasses", "abc", "functools", "enum", "re", "inspect", "weakref", "selectors",
-                "socket", "ssl", "collections", "queue", "sqlite3", "email", "http", "urllib"):
-        return f"stdlib:{head}"
-    return head
-
-
-def load(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
+def load(path: Path) -> list[tuple[str, list[tuple[str, str]], int]]:
+    """[(thread label, frames root->leaf, count)]."""
     stacks = []
     for line in path.read_text().splitlines():
         body, _, count = line.rpartition(" ")
         if not body or not count.isdigit():
             continue
-        stacks.append(([_key(f) for f in body.split(";")], int(count)))
+        thread, *frames = body.split(";")
+        if frames and _is_wait(frames[-1]):
+            thread = "wake-ups"
+        stacks.append((thread, [_frame(f) for f in frames], int(count)))
     return stacks
 
 
 def summarize(path: Path, probes: list[tuple[str, str]] = (), top: int = 15) -> dict:
     stacks = load(path)
-    total = sum(c for _, c in stacks) or 1
+    everything = sum(c for _, _, c in stacks) or 1
+    # The event-loop thread is the one running uvicorn's Server.run.
+    loop_threads = Counter(t for t, frames, c in stacks if any(f.startswith("Server.run ") for f, _ in frames))
+    loop_thread = loop_threads.most_common(1)[0][0] if loop_threads else None
+    main = [(frames, c) for t, frames, c in stacks if t == loop_thread and frames]
+    other = [(frames, c) for t, frames, c in stacks if t != loop_thread and frames]
+    total = sum(c for _, c in main) or 1
     self_fn: Counter = Counter()
     incl_fn: Counter = Counter()
     self_pkg: Counter = Counter()
     probe_hits: Counter = Counter()
-    for frames, count in stacks:
-        leaf = frames[-1]
-        self_fn[f"{leaf[0]} ({leaf[1]})"] += count
-        self_pkg[_package(leaf[1])] += count
-        for key in {f"{f} ({p})" for f, p in frames}:
-            incl_fn[key] += count
-        joined = ";".join(f"{f} ({p})" for f, p in frames)
+    for frames, count in main:
+        leaf, package = frames[-1]
+        if leaf.startswith("Runner.run ("):
+            leaf, package = "event loop: uvloop C code (Runner.run)", "event loop (uvloop)"
+        self_fn[leaf] += count
+        self_pkg[package] += count
+        for name in {f for f, _ in frames}:
+            incl_fn[name] += count
+        joined = ";".join(f for f, _ in frames)
         for label, needle in probes:
             if needle in joined:
                 probe_hits[label] += count
+    other_leaf: Counter = Counter()
+    for thread, frames, count in stacks:
+        if thread == "wake-ups":
+            other_leaf["pool-thread wake-ups (blocked in queue.get)"] += count
+        elif thread != loop_thread and frames:
+            other_leaf[frames[-1][0]] += count
 
-    def share(counter: Counter, n: int, skip_common: bool = False) -> list[dict]:
-        rows = []
+    def rows(counter: Counter, n: int, base: int, skip_common: bool = False) -> list[dict]:
+        out = []
         for key, count in counter.most_common():
-            if skip_common and count / total > 0.97:
-                continue  # frames on (nearly) every stack: the event loop, uvicorn's runner
-            rows.append({"name": key, "samples": count, "share": round(count / total, 4)})
-            if len(rows) == n:
+            if skip_common and count / base > 0.97:
+                continue
+            out.append({"name": key, "samples": count, "share": round(count / base, 4)})
+            if len(out) == n:
                 break
-        return rows
+        return out
 
     return {
         "file": str(path),
-        "samples": total,
-        "self_by_function": share(self_fn, top),
-        "inclusive_by_function": share(incl_fn, top, skip_common=True),
-        "self_by_package": share(self_pkg, top),
+        "samples_all_threads": everything,
+        "samples_event_loop": total,
+        "event_loop_share_of_all": round(total / everything, 4),
+        "self_by_package": rows(self_pkg, top, total),
+        "self_by_function": rows(self_fn, top, total),
+        "inclusive_by_function": rows(incl_fn, top, total, skip_common=True),
         "probes": [{"name": label, "samples": probe_hits[label], "share": round(probe_hits[label] / total, 4)}
                    for label, _ in probes],
+        "other_threads": rows(other_leaf, 5, everything),
     }
 
 
 def render(summary: dict, title: str, top: int = 12) -> str:
-    out = [f"{title}: {summary['samples']} samples ({summary['file']})"]
-    for section, label in (("self_by_package", "self time by package"),
+    out = [f"{title}: {summary['samples_event_loop']} event-loop samples "
+           f"({summary['event_loop_share_of_all'] * 100:.0f}% of {summary['samples_all_threads']}); "
+           f"shares below are of the event-loop thread  [{summary['file']}]"]
+    for section, label in (("probes", "probes (share of stacks containing the frame)"),
+                           ("self_by_package", "self time by package"),
                            ("self_by_function", "self time by function"),
-                           ("inclusive_by_function", "inclusive time by function (frames on >97% of stacks hidden)"),
-                           ("probes", "probes (inclusive share of stacks containing the frame)")):
+                           ("inclusive_by_function", "inclusive time by function")):
+        if not summary[section]:
+            continue
         out.append(f"  {label}:")
         for row in summary[section][:top]:
             out.append(f"    {row['share'] * 100:5.1f}%  {row['name']}")
+    if summary["other_threads"]:
+        out.append("  other threads (share of all samples): " + "; ".join(
+            f"{r['share'] * 100:.1f}% {r['name']}" for r in summary["other_threads"][:3]))
     return "\n".join(out)
 
 
 if __name__ == "__main__":  # summarize a saved raw profile: python -m bench.profile FILE.raw
-    print(render(summarize(Path(sys.argv[1])), sys.argv[1], top=25))
+    from bench.serving import LOOM_PROBES
+
+    print(render(summarize(Path(sys.argv[1]), LOOM_PROBES), sys.argv[1], top=25))

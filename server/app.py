@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 from ag_ui.core import RunAgentInput
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from adapters.agui.inbound import InputError, user_from_props
@@ -17,6 +17,7 @@ from server.persistence import open_persistence
 from server.registry import GraphEntry, compile_all
 from server.runs import prepare_run, stream_run
 from server.settings import Settings, get_settings
+from server.sse import EventStreamResponse
 
 log = logging.getLogger("loom.server")
 
@@ -86,13 +87,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def body_iterator():
             app.state.busy_threads.add(run.thread_id)
             try:
-                async for chunk in stream_run(prepared):
-                    yield chunk
+                async with aclosing(stream_run(prepared)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             finally:
                 app.state.busy_threads.discard(run.thread_id)
 
-        return StreamingResponse(body_iterator(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventStreamResponse(body_iterator())
 
     return app
 

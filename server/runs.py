@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -78,17 +79,18 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
         if prepared.graph_input is not None:
             stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
                                          stream_mode=STREAM_MODES, version="v2")
-            async for part in stream:
-                events = translator.feed(part)
-                if events:
-                    yield encode(events)
+            async with aclosing(stream):  # closing it cancels the graph's running tasks
+                async for part in stream:
+                    events = translator.feed(part)
+                    if events:
+                        yield encode(events)
         messages = None
         if translator.interrupts:
             messages = (await entry.graph.aget_state(prepared.config)).values.get("messages", [])
         outcome = "interrupt" if translator.interrupts else (
             "pending_tools" if translator.pending_tool_calls else "success")
         yield encode(translator.finish(messages))
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):
         outcome = "cancelled"
         raise
     except Exception as exc:

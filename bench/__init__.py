@@ -1,0 +1,1 @@
+"""Benchmarks for loom (not tests): see bench/README.md."""
