@@ -44,11 +44,15 @@ def test_plain_turn_and_second_turn(loom, llm):
 
 
 def test_backend_tool_result_lands_after_its_call(loom, llm):
-    llm.script({"tool_calls": [tool_call("calculator", {"expression": "2*21"})]}, {"text": "42."})
-    result = run_agui_client(f"{loom.url}/agents/agent", [{"op": "user", "content": "2*21?"}])
+    llm.script({"tool_calls": [tool_call("calculator", {"expression": "2*21"})]}, {"text": "42."}, {"text": "Yes."})
+    result = run_agui_client(f"{loom.url}/agents/agent", [{"op": "user", "content": "2*21?"},
+                                                          {"op": "user", "content": "sure?"}])
     assert_clean(result)
-    assert roles(result["messages"]) == ["user", "assistant", "tool", "assistant"]
+    assert roles(result["messages"]) == ["user", "assistant", "tool", "assistant", "user", "assistant"]
     assert result["messages"][2]["content"] == "42"
+    # The client re-sent the tool message under the id loom streamed: the thread matched it, no duplicates.
+    assert [m["role"] for m in llm.requests()[2]["body"]["messages"]] == [
+        "system", "user", "assistant", "tool", "assistant", "user"]
 
 
 def test_frontend_tool_round_trip(loom, llm):

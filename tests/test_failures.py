@@ -182,3 +182,22 @@ def test_concurrent_run_on_a_busy_thread_is_refused(loom_sqlite, llm):
             assert second.status_code == 409 and second.json()["error"]["code"] == "thread_busy"
             assert "RUN_FINISHED" in "".join(lines)  # the first run was not disturbed
 
+
+
+def test_open_server_refuses_non_loopback_clients():
+    """Without LOOM_API_KEYS loom only serves this machine (checked on the request's peer address)."""
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from server.auth import authenticate
+    from server.settings import Settings
+
+    def request_from(host: str) -> Request:
+        return Request({"type": "http", "method": "POST", "path": "/", "headers": [], "client": (host, 5000)})
+
+    settings = Settings(_env_file=None, api_keys="")
+    assert authenticate(request_from("127.0.0.1"), settings).kind == "open"
+    assert authenticate(request_from("::1"), settings).kind == "open"
+    with pytest.raises(HTTPException) as refused:
+        authenticate(request_from("192.0.2.7"), settings)
+    assert refused.value.status_code == 403 and refused.value.detail["code"] == "loopback_only"
