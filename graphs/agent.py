@@ -117,7 +117,8 @@ async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
     backend = backend_tools()
 
     # Ask before running anything: on resume this node runs again from the top, so nothing runs twice.
-    to_confirm = [c for c in calls if c["name"] in backend and needs_confirmation(backend[c["name"]], ctx.confirm_tools)]
+    to_confirm = [c for c in calls
+                  if c["name"] in backend and needs_confirmation(backend[c["name"]], ctx.confirm_tools)]
     decisions: dict[str, Any] = {}
     if to_confirm:
         decisions = interrupt({"interrupts": [_confirmation_request(c) for c in to_confirm]})
@@ -132,7 +133,8 @@ async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
             return result(f"Error: there is no tool named {call['name']!r}.", "error")
         decision = decisions.get(call["id"])
         if decision is not None and not _approved(decision):
-            reason = (decision.get("payload") or {}).get("reason") if isinstance(decision.get("payload"), dict) else None
+            payload = decision.get("payload")
+            reason = payload.get("reason") if isinstance(payload, dict) else None
             return result("The user rejected this tool call." + (f" Reason: {reason}" if reason else ""), "error")
         try:
             output = await asyncio.wait_for(tool_.ainvoke(call["args"]), ctx.tool_timeout)

@@ -35,7 +35,7 @@ class ChatModel(ChatOpenAI):
     def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:
         result = super()._create_chat_result(response, generation_info)
         raw = response if isinstance(response, dict) else response.model_dump()
-        for generation, choice in zip(result.generations, raw.get("choices") or []):
+        for generation, choice in zip(result.generations, raw.get("choices") or [], strict=False):
             reasoning = (choice.get("message") or {}).get("reasoning_content")
             if reasoning:
                 generation.message.additional_kwargs["reasoning_content"] = reasoning

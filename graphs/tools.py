@@ -10,9 +10,9 @@ for any tool by name.
 from __future__ import annotations
 
 import ast
+import importlib
 import math
 import operator
-import importlib
 from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

@@ -90,7 +90,8 @@ async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> 
         history = (await entry.graph.aget_state({"configurable": {"thread_id": thread_id}})).values
         from adapters.agui.messages import to_agui
 
-        messages = [*to_agui(history.get("messages", [])), {"id": str(uuid.uuid4()), "role": "user", "content": message}]
+        new_turn = {"id": str(uuid.uuid4()), "role": "user", "content": message}
+        messages = [*to_agui(history.get("messages", [])), new_turn]
         run = RunAgentInput.model_validate({"threadId": thread_id, "runId": str(uuid.uuid4()), "messages": messages})
         prepared = await prepare_run(entry, run, "local")
         async for chunk in stream_run(prepared):

@@ -52,7 +52,7 @@ CHAT_TEMPLATE = r"""
 {%- for t in tools -%}{{ (t.function if t.function is defined else t) | tojson }}{{ '\n' }}{%- endfor -%}
 {%- else -%}
 {{- 'A conversation between a user and a helpful assistant.\n\n' -}}
-{{- 'User: Hello, who are you?\nAssistant: I am a helpful assistant.\n' -}}
+{{- 'User: What colour is the sky?\nAssistant: The sky is blue.\n' -}}
 {%- endif -%}
 {%- for m in messages if m.role != 'system' -%}
 {%- if m.role == 'user' -%}{{ '\nUser: ' + m.content }}
@@ -112,7 +112,9 @@ def start_local_llm(port: int = 0, threads: int = 2, ctx: int = 4096) -> LocalLL
     params.endpoint_slots = False
     params.cors_origins = f"http://127.0.0.1.invalid-{secrets.token_hex(4)}"
     params.cache_ram_mib = 256  # prompt cache; the 8 GiB default is far beyond a 270M demo's needs
-    params.verbosity = 2  # warnings and errors only; llama.cpp logs every request at the default level
+    # Errors only: at the default level llama.cpp logs every request, and its warnings include the whole
+    # unparsable output behind each HTTP 500 (see DEMO_STOP's note on tool_choice).
+    params.verbosity = 1
     try:
         server = xllamacpp.Server(params)  # loads the model and starts listening before it returns
     except Exception as exc:  # the native side raises plain RuntimeError/ValueError

@@ -61,7 +61,7 @@ def load_builders(path: Path | None = None) -> dict[str, tuple[StateGraph, str]]
         file, _, _attr = (target["path"] if isinstance(target, dict) else target).partition(":")
         module_name = ".".join(Path(file).with_suffix("").parts).lstrip(".")
         module = importlib.import_module(module_name)
-        builder = getattr(module, "builder")
+        builder = module.builder
         description = (module.__doc__ or name).strip().splitlines()[0]
         if isinstance(target, dict) and target.get("description"):
             description = target["description"]

@@ -8,8 +8,8 @@ which cancels the run through `aclosing` all the way down to LangGraph's node ta
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import aclosing, suppress
-from typing import AsyncIterator
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send

@@ -158,7 +158,7 @@ async def arun_agui_client(
     )
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(payload.encode()), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         _, stderr = await proc.communicate()
         raise AguiClientError(f"{SCRIPT} timed out after {timeout}s:\n{stderr.decode()[-4000:]}") from None

@@ -43,7 +43,7 @@ class LoomServer:
         self.log_path = tmp / f"loom-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "LoomServer":
+    def start(self) -> LoomServer:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([str(BIN / "loom"), "serve", "--port", str(self.port)], cwd=REPO,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -67,7 +67,7 @@ class LoomServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
-    def restart(self) -> "LoomServer":
+    def restart(self) -> LoomServer:
         self.stop()
         return self.start()
 

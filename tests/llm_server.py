@@ -352,7 +352,7 @@ class LLMServer:
         self.root = self.url = ""
         self.log_path = ""
 
-    def start(self) -> "LLMServer":
+    def start(self) -> LLMServer:
         for _attempt in range(3):  # free_port() can race with another process; retry on a new port
             port = free_port()
             self.root, self.url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
@@ -422,7 +422,7 @@ class LLMServer:
             Path(self.log_path).unlink(missing_ok=True)
             self.log_path = ""
 
-    def __enter__(self) -> "LLMServer":
+    def __enter__(self) -> LLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import assistant_messages, event_types, new_id, text_of, user
+from tests.conftest import event_types, new_id, text_of, user
 
 
 def calls(*pairs) -> dict:

@@ -10,7 +10,14 @@ from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, Tool
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from langgraph.types import Interrupt
 
-from adapters.agui.inbound import InputError, graph_messages, needs_answer, reconcile, resume_command, runtime_context
+from adapters.agui.inbound import (
+    InputError,
+    graph_messages,
+    needs_answer,
+    reconcile,
+    resume_command,
+    runtime_context,
+)
 from adapters.agui.messages import to_agui, to_langchain
 from graphs.context import BaseContext
 

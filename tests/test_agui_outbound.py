@@ -33,8 +33,9 @@ def task_start(name: str, task="t1") -> dict:
 
 
 def task_end(name: str, messages=(), task="t1", interrupts=()) -> dict:
-    return {"type": "tasks", "ns": (), "data": {"id": task, "name": name, "error": None,
-                                                 "result": {"messages": list(messages)}, "interrupts": list(interrupts)}}
+    result = {"messages": list(messages)}
+    return {"type": "tasks", "ns": (), "data": {"id": task, "name": name, "error": None, "result": result,
+                                                 "interrupts": list(interrupts)}}
 
 
 def call_chunk(index: int, id=None, name=None, args=None) -> dict:

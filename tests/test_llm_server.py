@@ -57,7 +57,10 @@ async def test_unscripted_echo_non_stream_and_queues(llm):
     llm.script({"text": "for a", "repeat": True}, model="a")
     llm.script({"text": "anyone"})
     client = oai(llm)
-    ask = lambda model: client.chat.completions.create(model=model, messages=USER)  # noqa: E731
+
+    def ask(model):
+        return client.chat.completions.create(model=model, messages=USER)
+
     texts = [(await ask(m)).choices[0].message.content for m in ("a", "b", "a", "b")]
     # "a" repeats its own script; "b" pops "*" once, then falls back to the echo default.
     assert texts == ["for a", "anyone", "for a", "echo: hi there"]
@@ -200,7 +203,7 @@ async def test_embeddings_and_models(llm):
     v1, v2, v3 = (d.embedding for d in res.data)
     assert len(v1) == 64 and v1 == v2 and v1 != v3 and math.isclose(sum(x * x for x in v1), 1, rel_tol=1e-5)
     lc = OpenAIEmbeddings(base_url=llm.url, api_key=KEY, model="emb", check_embedding_ctx_length=False)
-    assert max(abs(x - y) for x, y in zip(await lc.aembed_query("the cat sat"), v1)) < 1e-6
+    assert max(abs(x - y) for x, y in zip(await lc.aembed_query("the cat sat"), v1, strict=True)) < 1e-6
     assert "mock-model" in [m.id async for m in client.models.list()]
 
 

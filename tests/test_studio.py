@@ -9,8 +9,8 @@ no browser and no tunnel.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,7 +58,7 @@ class Studio:
         self.process: subprocess.Popen | None = None
         self.startup_seconds = 0.0
 
-    def start(self) -> "Studio":
+    def start(self) -> Studio:
         command = [str(LANGGRAPH), "dev", "--host", "127.0.0.1", "--port", str(self.port),
                    "--no-browser", "--no-reload"]
         started = time.monotonic()

@@ -52,7 +52,7 @@ def reconcile(stored: list[BaseMessage], sent: list[BaseMessage]) -> list[BaseMe
     Returns [] when there is nothing to change.
     """
     common = 0
-    for old, new in zip(stored, sent):
+    for old, new in zip(stored, sent, strict=False):
         if not _same(old, new):
             break
         common += 1
