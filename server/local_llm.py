@@ -113,7 +113,7 @@ def start_local_llm(port: int = 0, threads: int = 2, ctx: int = 4096) -> LocalLL
     params.cors_origins = f"http://127.0.0.1.invalid-{secrets.token_hex(4)}"
     params.cache_ram_mib = 256  # prompt cache; the 8 GiB default is far beyond a 270M demo's needs
     # Errors only: at the default level llama.cpp logs every request, and its warnings include the whole
-    # unparsable output behind each HTTP 500 (see DEMO_STOP's note on tool_choice).
+    # unparsable output behind each HTTP 500 that tool_choice="auto" provokes.
     params.verbosity = 1
     try:
         server = xllamacpp.Server(params)  # loads the model and starts listening before it returns

@@ -32,6 +32,7 @@ class PreparedRun:
     context: Any
     graph_input: Any  # a messages update, a resume Command, or None when there is nothing to do
     error: InputError | None = None  # a protocol-level refusal, reported as RUN_ERROR in the stream
+    resumed_history: list | None = None  # the thread a resume continues, snapshotted to the client first
 
 
 async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
@@ -48,6 +49,7 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
     if run.resume:
         try:
             prepared.graph_input = resume_command(run, pending)
+            prepared.resumed_history = stored
         except InputError as exc:
             prepared.error = exc
         return prepared
@@ -73,6 +75,10 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
     outcome = "error"
     try:
         yield encode(translator.start())
+        if prepared.resumed_history is not None:
+            # Results of the approved calls refer to tool calls streamed by the interrupted run; the snapshot
+            # states that history in this stream (what the client already holds, so its merge keeps it).
+            yield encode([translator.snapshot(prepared.resumed_history)])
         if prepared.error is not None:
             outcome = f"error:{prepared.error.code}"
             yield encode(translator.error(str(prepared.error), prepared.error.code.upper()))

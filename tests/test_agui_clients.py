@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ag_ui_validate.transport import TransportOptions, validate_endpoint
+from ag_ui_validate.transport import TransportOptions, validate_body, validate_endpoint
 
 from tests.agui_js import client_errors, run_agui_client
 from tests.conftest import new_id
@@ -22,9 +22,22 @@ def roles(messages: list[dict]) -> list[str]:
     return [m["role"] for m in messages]
 
 
+def validator_findings(wire_events: list[dict]) -> list:
+    """ag-ui-validate's errors and warnings for a recorded run (the very stream the client received)."""
+
+    async def body():
+        for event in wire_events:
+            yield f"data: {json.dumps(event)}\n\n".encode()
+
+    result = asyncio.run(validate_body(body(), "text/event-stream", TransportOptions(recorded=True)))
+    return [d for d in result.report.diagnostics if d.severity in ("error", "warning")]
+
+
 def assert_clean(result: dict) -> None:
+    """Zero client errors, zero validator findings, and the wire rules neither of them checks."""
     assert client_errors(result) == [], client_errors(result)
     for run in result["runs"]:
+        assert validator_findings(run["wireEvents"]) == []
         wire = run["wireEvents"]
         assert wire[0]["type"] == "RUN_STARTED" and wire[0]["protocolVersion"] == "1.0"
         assert [e["type"] for e in wire].count("RUN_FINISHED") == 1 and wire[-1]["type"] == "RUN_FINISHED"

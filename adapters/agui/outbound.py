@@ -97,6 +97,9 @@ class RunTranslator:
         return [RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id, protocol_version=PROTOCOL_VERSION,
                                 timestamp=_now())]
 
+    def snapshot(self, messages: list[BaseMessage]) -> BaseEvent:
+        return MessagesSnapshotEvent(messages=to_agui(messages), timestamp=_now())
+
     def feed(self, part: dict) -> list[BaseEvent]:
         kind = part["type"]
         if kind == "messages":
@@ -117,7 +120,7 @@ class RunTranslator:
         outcome: dict[str, Any]
         if self.interrupts:
             if messages is not None:
-                events.append(MessagesSnapshotEvent(messages=to_agui(messages), timestamp=_now()))
+                events.append(self.snapshot(messages))
             outcome = {"type": "interrupt", "interrupts": agui_interrupts(self.interrupts)}
         else:
             outcome = {"type": "success"}
