@@ -8,11 +8,11 @@ from typing import Any
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
+from server.local_llm import DEMO_STOP
 from server.settings import get_settings
 
-# Client-side stop strings for the embedded base model, which has no chat template of its own and would
-# otherwise continue the transcript (see shared/notes/local-llm.md).
-DEMO_STOP = ["\nUser:", "\n\n"]
+# The demo model ignores `stop` inside a forced tool call and can run on to the token limit.
+DEMO_MAX_TOKENS = 256
 
 
 class ChatModel(ChatOpenAI):
@@ -46,6 +46,9 @@ class ChatModel(ChatOpenAI):
 def chat_model(model: str | None = None, temperature: float | None = None, max_tokens: int | None = None) -> ChatModel:
     """A cached streaming chat model; one instance (and so one connection pool) per distinct setting."""
     settings = get_settings()
+    if settings.demo_model:  # deterministic and bounded: the tiny model wanders otherwise
+        max_tokens = max_tokens or DEMO_MAX_TOKENS
+        temperature = 0.0 if temperature is None else temperature
     return ChatModel(
         model=model or settings.llm_model,
         base_url=settings.llm_base_url,

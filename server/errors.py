@@ -42,8 +42,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return LLM_BAD_RESPONSE, f"The model server does not know this model or path (404): {_detail(exc)}"
     if isinstance(exc, openai.APIStatusError):
         return LLM_BAD_RESPONSE, f"The model server answered HTTP {exc.status_code}: {_detail(exc)}"
-    if isinstance(exc, _STREAM_BROKEN):
-        return LLM_BAD_RESPONSE, "The model server closed the stream in the middle of a response."
+    if isinstance(exc, openai.APIError):  # an error event inside a 200 stream (llama.cpp, vLLM do this)
+        return LLM_BAD_RESPONSE, f"The model server reported an error mid-stream: {str(exc.message)[:300]}"
     if isinstance(exc, _STREAM_STALLED):
         return LLM_TIMEOUT, "The model server went silent for longer than LOOM_LLM_TIMEOUT allows."
     if isinstance(exc, (openai.APIResponseValidationError, ValueError)) and _from_llm(exc):

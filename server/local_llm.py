@@ -21,10 +21,11 @@ log = logging.getLogger("loom.local_llm")
 
 # The base model has no turn structure of its own; it continues the transcript until stopped client-side.
 # llama.cpp ignores `stop` when tools are in the request (the tool grammar ends generation there instead).
-DEMO_STOP: list[str] = ["\nUser:", "\n\n"]
+# It also imitates the template's other speakers ("Tool result:") and lower-cased ones.
+DEMO_STOP: list[str] = ["\nUser:", "\n\n", "\nTool result:", "\nuser:", "\nAssistant:"]
 
-# Server-side cap on generated tokens: a forced tool call can let the model babble before the JSON
-# (llama.cpp's tool grammar allows free text ahead of the call) and one slot serves one request at a time.
+# Server-side default for max_tokens (a request's own max_tokens overrides it). A forced tool call can run
+# on inside a string argument, `stop` does not apply then, and the single slot serves one request at a time.
 MAX_TOKENS = 512
 
 # Jinja in llama.cpp's dialect (trim_blocks is on, so every newline is written as an explicit '\n').
@@ -40,7 +41,8 @@ MAX_TOKENS = 512
 CHAT_TEMPLATE = r"""
 {%- macro call(tc) -%}
 {%- set f = tc.function if tc.function is defined else tc -%}
-{"name": "{{ f.name }}", "arguments": {% if f.arguments is string %}{{ f.arguments }}{% else %}{{ f.arguments | tojson }}{% endif %}}
+{%- set args = f.arguments if f.arguments is string else f.arguments | tojson -%}
+{"name": "{{ f.name }}", "arguments": {{ args }}}
 {%- endmacro -%}
 {%- for m in messages if m.role == 'system' -%}{{ m.content + '\n\n' }}{%- endfor -%}
 {%- if tools -%}
@@ -117,8 +119,12 @@ def start_local_llm(port: int = 0, threads: int = 2, ctx: int = 4096) -> LocalLL
     params.verbosity = 1
     try:
         server = xllamacpp.Server(params)  # loads the model and starts listening before it returns
-    except Exception as exc:  # the native side raises plain RuntimeError/ValueError
-        raise LocalModelUnavailable(f"llama.cpp could not start the demo model: {exc}; {hint}") from exc
+    except Exception as exc:  # the native side raises a plain exception; its log (stderr) names the cause
+        where = f"port {port}" if port else "a free port"
+        raise LocalModelUnavailable(
+            f"llama.cpp could not start the demo model on 127.0.0.1, {where} ({exc}): set LOOM_LOCAL_LLM_PORT "
+            "to a free port (0 picks one), or set LOOM_LLM_BASE_URL to an OpenAI-compatible endpoint"
+        ) from exc
 
     root = str(server.listening_address).rstrip("/")
     llm = LocalLLM(base_url=f"{root}/v1", model=DEMO_MODEL, _server=server)

@@ -39,6 +39,8 @@ def test_rate_limit_is_retried_with_backoff_then_succeeds(loom_sqlite, llm):
     ({"status": 500, "error_message": "model exploded", "repeat": True}, "LLM_BAD_RESPONSE", "model exploded"),
     ({"disconnect_after_tokens": 2, "text": "one two three four"}, "LLM_BAD_RESPONSE", "closed the stream"),
     ({"bad_json": True}, "LLM_BAD_RESPONSE", "cannot read"),
+    ({"error_event_after_tokens": 1, "error_message": "peg-native format", "text": "a b c"}, "LLM_BAD_RESPONSE",
+     "peg-native format"),
     ({"hang": True, "repeat": True}, "LLM_TIMEOUT", "LOOM_LLM_TIMEOUT"),
     ({"hang_after_tokens": 2, "text": "one two three"}, "LLM_TIMEOUT", "LOOM_LLM_TIMEOUT"),
 ])

@@ -123,3 +123,11 @@ def test_missing_extra_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "xllamacpp", None)  # what an environment without loom[local] sees
     with pytest.raises(LocalModelUnavailable, match=r"pip install 'loom\[local\]'.*LOOM_LLM_BASE_URL"):
         start_local_llm()
+
+
+def test_busy_port_is_a_clear_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(LocalModelUnavailable, match="LOOM_LOCAL_LLM_PORT"):
+            start_local_llm(port=busy.getsockname()[1])
