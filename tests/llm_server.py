@@ -25,8 +25,8 @@ or aborted connection) | "disconnected" (the client went away first; ended_at is
 Response spec (all optional): text | tokens, reasoning (``delta.reasoning_content`` before text),
 tool_calls [{id, name, arguments: dict | str}], ttft_ms, token_delay_ms, status, error_message,
 retry_after, hang, hang_after_tokens, disconnect_after_tokens, bad_json, error_event_after_tokens (an
-SSE ``{"error": …}`` event in place of the rest), usage, finish_reason, repeat. With none of text/tokens/tool_calls the content is the default: the model's ``text``,
-else ``--tokens``, else ``"echo: " + <last user message>``. Reasoning and tool-argument fragments
+SSE ``{"error": …}`` event in place of the rest), usage, finish_reason, repeat. With none of
+text/tokens/tool_calls the content is the default: the model's ``text``, else ``--tokens``, else ``"echo: " + <last user message>``. Reasoning and tool-argument fragments
 count as tokens for delays and for the *_after_tokens limits.
 """
 
@@ -265,7 +265,8 @@ class App:
         if spec.get("bad_json"):
             events.insert(0, b"data: {this is not json\n\n")
         if (at := spec.get("error_event_after_tokens")) is not None:  # llama.cpp / vLLM report errors in-stream
-            error = {"error": {"code": 500, "message": spec.get("error_message") or "server error", "type": "server_error"}}
+            message = spec.get("error_message") or "server error"
+            error = {"error": {"code": 500, "message": message, "type": "server_error"}}
             events[at:] = [b"data: " + _dumps(error).encode() + b"\n\n"]
         finish = spec.get("finish_reason") or ("tool_calls" if calls else "stop")
         end = head + b'{},"logprobs":null,"finish_reason":' + _dumps(finish).encode() + b"}]}\n\n"
