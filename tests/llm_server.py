@@ -24,10 +24,11 @@ or aborted connection) | "disconnected" (the client went away first; ended_at is
 
 Response spec (all optional): text | tokens, reasoning (``delta.reasoning_content`` before text),
 tool_calls [{id, name, arguments: dict | str}], ttft_ms, token_delay_ms, status, error_message,
-retry_after, hang, hang_after_tokens, disconnect_after_tokens, bad_json, error_event_after_tokens (an
-SSE ``{"error": …}`` event in place of the rest), usage, finish_reason, repeat. With none of
-text/tokens/tool_calls the content is the default: the model's ``text``, else ``--tokens``, else ``"echo: " + <last user message>``. Reasoning and tool-argument fragments
-count as tokens for delays and for the *_after_tokens limits.
+retry_after, hang, hang_after_tokens, disconnect_after_tokens, bad_json, error_event_after_tokens (an SSE
+``{"error": …}`` event in place of the rest), usage, finish_reason, repeat. With none of
+text/tokens/tool_calls the content is the default: the model's ``text``, else ``--tokens``, else ``"echo:
+" + <last user message>``. Reasoning and tool-argument fragments count as tokens for delays and for the
+*_after_tokens limits.
 """
 
 from __future__ import annotations
