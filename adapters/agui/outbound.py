@@ -59,7 +59,6 @@ def _now() -> int:
 @dataclass
 class _Call:
     id: str
-    message_id: str
     open: bool = True
     args_sent: bool = False
 
@@ -124,8 +123,7 @@ class RunTranslator:
             outcome = {"type": "interrupt", "interrupts": agui_interrupts(self.interrupts)}
         else:
             outcome = {"type": "success"}
-            pending = [call_id for call_id in self._calls_started if call_id not in self._results]
-            if pending:
+            if pending := self.pending_tool_calls:
                 outcome["pendingToolCallIds"] = pending
         usage = aggregate_token_usage(self._usage) if self._usage else None
         events.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, outcome=outcome,
@@ -156,7 +154,8 @@ class RunTranslator:
                 return []  # a late chunk of a message already closed
             stream = self._streams[message_id] = _Stream(message_id)
             self._streamed.add(message_id)
-            task = (metadata.get("langgraph_checkpoint_ns") or "").rpartition(":")[2]
+            # The top-level task (a subgraph's messages carry "node:task|inner:task"): its result closes them.
+            task = (metadata.get("langgraph_checkpoint_ns") or "").split("|")[0].rpartition(":")[2]
             self._task_streams.setdefault(task, set()).add(message_id)
 
         reasoning = chunk.additional_kwargs.get("reasoning_content")
@@ -188,7 +187,7 @@ class RunTranslator:
         if call is None:
             events += self._close_reasoning(stream) + self._close_text(stream)
             call_id = call_chunk.get("id") or f"{stream.message_id}-call-{index}"
-            call = stream.calls[index] = self._calls_started[call_id] = _Call(call_id, stream.message_id)
+            call = stream.calls[index] = self._calls_started[call_id] = _Call(call_id)
             events.append(ToolCallStartEvent(tool_call_id=call_id, tool_call_name=call_chunk.get("name") or "",
                                              parent_message_id=stream.message_id, timestamp=_now()))
         if call_chunk.get("args"):
@@ -231,7 +230,7 @@ class RunTranslator:
         return events
 
     def _emit_call(self, call: dict, message_id: str) -> list[BaseEvent]:
-        self._calls_started[call["id"]] = _Call(call["id"], message_id, open=False, args_sent=True)
+        self._calls_started[call["id"]] = _Call(call["id"], open=False, args_sent=True)
         return [
             ToolCallStartEvent(tool_call_id=call["id"], tool_call_name=call["name"], parent_message_id=message_id,
                                timestamp=_now()),
