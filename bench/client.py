@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 AGUI, OPENAI = "agui", "openai"
 _TEXT = b'{"type":"TEXT_MESSAGE_CONTENT"'

@@ -47,7 +47,7 @@ class Recorder:
         self.proc: subprocess.Popen | None = None
         self.log = out.with_suffix(".log")
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         exe = py_spy_path()
         if exe is None:
             raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
@@ -126,14 +126,46 @@ def load(path: Path) -> list[tuple[str, list[tuple[str, str]], int]]:
     return stacks
 
 
-def summarize(path: Path, probes: list[tuple[str, str]] = (), top: int = 15) -> dict:
+def _task_frames(frames: list[tuple[str, str]]) -> list[str]:
+    """The frames above the event loop (`Runner.run`): the task or callback that was running."""
+    names = [f for f, _ in frames]
+    for i in range(len(names) - 1, -1, -1):
+        if names[i].startswith("Runner.run ("):
+            return names[i + 1:]
+    return names
+
+
+def breakdown(stacks, buckets: list[tuple[str, tuple[str, ...]]]) -> Counter:
+    """Each event-loop sample in exactly one bucket: the first bucket (in list order) with a needle in any
+    frame above the event loop; samples with no frame above the loop are uvloop's own C code."""
+    out: Counter = Counter()
+    for frames, count in stacks:
+        task = _task_frames(frames)
+        if not task:
+            out["event loop itself (uvloop C: polling, callbacks, socket I/O)"] += count
+            continue
+        joined = ";".join(task)
+        for label, needles in buckets:
+            if any(n in joined for n in needles):
+                out[label] += count
+                break
+        else:
+            out["other"] += count
+    return out
+
+
+def summarize(path: Path, probes: list[tuple[str, str]] = (), top: int = 15,
+              buckets: list[tuple[str, tuple[str, ...]]] = (), cpu_s: float | None = None, runs: int = 0,
+              tokens: int = 0) -> dict:
+    """`cpu_s` (the process CPU measured from /proc over the profiled phase) turns bucket shares into CPU
+    per run / per 1,000 tokens. Sample counts themselves overstate CPU on a busy machine: py-spy counts a
+    thread that is runnable but waiting for a core as active."""
     stacks = load(path)
     everything = sum(c for _, _, c in stacks) or 1
     # The event-loop thread is the one running uvicorn's Server.run.
     loop_threads = Counter(t for t, frames, c in stacks if any(f.startswith("Server.run ") for f, _ in frames))
     loop_thread = loop_threads.most_common(1)[0][0] if loop_threads else None
     main = [(frames, c) for t, frames, c in stacks if t == loop_thread and frames]
-    other = [(frames, c) for t, frames, c in stacks if t != loop_thread and frames]
     total = sum(c for _, c in main) or 1
     self_fn: Counter = Counter()
     incl_fn: Counter = Counter()
@@ -168,8 +200,13 @@ def summarize(path: Path, probes: list[tuple[str, str]] = (), top: int = 15) -> 
                 break
         return out
 
+    parts = breakdown(main, buckets) if buckets else Counter()
+    per_run = (lambda n: round(n / total * cpu_s / runs * 1000, 2)) if runs and cpu_s else (lambda n: None)
+    per_1k = (lambda n: round(n / total * cpu_s / tokens * 1000, 4)) if tokens and cpu_s else (lambda n: None)
     return {
         "file": str(path),
+        "breakdown": [{"name": k, "samples": v, "share": round(v / total, 4), "cpu_ms_per_run": per_run(v),
+                       "cpu_s_per_1k_tokens": per_1k(v)} for k, v in parts.most_common()],
         "samples_all_threads": everything,
         "samples_event_loop": total,
         "event_loop_share_of_all": round(total / everything, 4),
@@ -186,6 +223,16 @@ def render(summary: dict, title: str, top: int = 12) -> str:
     out = [f"{title}: {summary['samples_event_loop']} event-loop samples "
            f"({summary['event_loop_share_of_all'] * 100:.0f}% of {summary['samples_all_threads']}); "
            f"shares below are of the event-loop thread  [{summary['file']}]"]
+    if summary.get("breakdown"):
+        out.append("  exclusive breakdown (each sample counted once, first matching bucket; CPU = share x "
+                   "measured process CPU):")
+        for row in summary["breakdown"]:
+            extra = ""
+            if row.get("cpu_ms_per_run") is not None:
+                extra = f"  {row['cpu_ms_per_run']:7.2f} CPU-ms/run"
+            if row.get("cpu_s_per_1k_tokens") is not None:
+                extra += f"  {row['cpu_s_per_1k_tokens']:.4f} CPU-s/1k tokens"
+            out.append(f"    {row['share'] * 100:5.1f}%{extra}  {row['name']}")
     for section, label in (("probes", "probes (share of stacks containing the frame)"),
                            ("self_by_package", "self time by package"),
                            ("self_by_function", "self time by function"),
@@ -202,6 +249,6 @@ def render(summary: dict, title: str, top: int = 12) -> str:
 
 
 if __name__ == "__main__":  # summarize a saved raw profile: python -m bench.profile FILE.raw
-    from bench.serving import LOOM_PROBES
+    from bench.serving import LOOM_BUCKETS, LOOM_PROBES
 
-    print(render(summarize(Path(sys.argv[1]), LOOM_PROBES), sys.argv[1], top=25))
+    print(render(summarize(Path(sys.argv[1]), LOOM_PROBES, buckets=LOOM_BUCKETS), sys.argv[1], top=25))

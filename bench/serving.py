@@ -56,7 +56,8 @@ TARGETS = [
 # py-spy probes for loom: share of event-loop samples whose stack contains the frame (substring).
 LOOM_PROBES = [
     ("uvicorn socket writes (RequestResponseCycle.send)", "RequestResponseCycle.send ("),
-    ("loom: body read + RunAgentInput validation (_read_body/_parse_run)", "(server/app.py)"),
+    ("loom: request handler run_agent (auth, body, validation, prepare_run)", "create_app.<locals>.run_agent ("),
+    ("  loom: RunAgentInput validation (_parse_run)", "_parse_run (server/app.py)"),
     ("loom: prepare_run (aget_state + reconcile)", "prepare_run (server/runs.py)"),
     ("  of which Pregel.aget_state", "Pregel.aget_state ("),
     ("loom: stream_run generator frames (translate + encode + finish)", "stream_run (server/runs.py)"),
@@ -74,6 +75,31 @@ LOOM_PROBES = [
     ("  langgraph StreamMessagesHandler (stream_mode=messages)", "StreamMessagesHandler."),
     ("pydantic (any frame)", "(pydantic/"),
     ("logging", "(logging/__init__.py)"),
+]
+
+
+# Exclusive CPU breakdown of loom's event-loop thread: a sample goes to the first bucket with a matching frame.
+LOOM_BUCKETS = [
+    ("loom: SSE encode (ag_ui event.model_dump_json)", ("encode (server/runs.py)",)),
+    ("loom: RunTranslator (events from stream parts)", ("(adapters/agui/outbound.py)",)),
+    ("loom: request handler (auth, body, RunAgentInput validation, prepare_run/aget_state)",
+     ("create_app.<locals>.run_agent (",)),
+    ("HTTP client to the LLM (httpx/httpcore: pool, request, response reads)", ("(httpcore", "(httpx")),
+    ("openai SDK: stream parsing (SSE decode + ChatCompletionChunk construct)", ("AsyncStream.__stream__ (",)),
+    ("openai SDK: request build and the rest", ("(openai/",)),
+    ("langgraph stream_mode=messages handler", ("StreamMessagesHandler.",)),
+    ("langchain callbacks (run managers, on_llm_new_token/start/end dispatch)", ("(langchain_core/callbacks/",
+                                                                                 "(langchain_core/tracers/")),
+    ("langchain-openai: chunk -> AIMessageChunk, payload", ("(langchain_openai/", "(graphs/llm.py)")),
+    ("graphs/agent.py: bind_tools (tool -> OpenAI schema, per call)", ("bind_tools (",)),
+    ("graphs/agent.py: call_model, rest (history, prompt, message merge)", ("call_model (graphs/agent.py)",)),
+    ("langchain_core other (runnables, messages, chunk merge)", ("(langchain_core/",)),
+    ("checkpoint writes (AsyncSqliteSaver, serde, aiosqlite)", ("(langgraph/checkpoint/", "(aiosqlite/")),
+    ("langgraph Pregel loop (astream, ticks, tasks, channels)", ("(langgraph/",)),
+    ("HTTP server: uvicorn/starlette + loom's SSE response (server/sse.py), socket writes",
+     ("(uvicorn/", "(starlette/", "(fastapi/", "(h11/", "(server/sse.py)", "(server/app.py)")),
+    ("anyio (task groups, cancel scopes)", ("(anyio/",)),
+    ("asyncio (tasks, queues, locks)", ("(asyncio/",)),
 ]
 
 
@@ -260,7 +286,8 @@ class Bench:
         for name, runs in res.items():
             ok = [r for r in runs if r.ok]
             if len(ok) != len(runs):
-                self.errors.append(f"{name} c=1: {len(runs) - len(ok)} failed: {[r.error for r in runs if not r.ok][:3]}")
+                failed = [r.error for r in runs if not r.ok]
+                self.errors.append(f"{name} c=1: {len(failed)} failed: {failed[:3]}")
             out[name] = {"runs": len(runs), "ok": len(ok), "ttft_ms": ms(med([r.ttft for r in ok])),
                          "ttft_p90_ms": ms(pct([r.ttft for r in ok], 0.9)), "total_ms": ms(med([r.total for r in ok])),
                          "body_bytes": med([r.body_bytes for r in ok]),
@@ -318,7 +345,8 @@ class Bench:
                 mock_cpu = self.mock.cpu_seconds() - mock0
                 ok = [r for r in runs if r.ok]
                 if len(ok) != len(runs):
-                    self.errors.append(f"{name} 2k tokens: {len(runs) - len(ok)} failed: {[r.error for r in runs if not r.ok][:2]}")
+                    failed = [r.error for r in runs if not r.ok]
+                    self.errors.append(f"{name} 2k tokens: {len(failed)} failed: {failed[:2]}")
                 tokens = len(ok) * TOKENS_LONG
                 out[name] = {"runs": len(runs), "ok": len(ok), "wall_s": round(wall, 3),
                              "total_ms": ms(med([r.total for r in ok])),
@@ -378,11 +406,12 @@ def derive(rnd: dict) -> dict:
         best = max((load, sat), key=lambda p: p["runs_per_s"] or 0)
         per_run_short = sat["cpu_ms_per_run"] / 1000
         marginal = None
-        if long["cpu_s_per_run"] and long["ok"]:
+        if long["cpu_s_per_run"] is not None and long["ok"]:
             marginal = round((long["cpu_s_per_run"] - per_run_short) / (TOKENS_LONG - 20) * 1000, 4)
         out[name] = {
             "ttft_c1_ms": c1["ttft_ms"],
-            "ttft_overhead_ms": round(c1["ttft_ms"] - d_c1["ttft_ms"], 2) if c1["ttft_ms"] and d_c1["ttft_ms"] else None,
+            "ttft_overhead_ms": round(c1["ttft_ms"] - d_c1["ttft_ms"], 2)
+            if c1["ttft_ms"] and d_c1["ttft_ms"] else None,
             "total_c1_ms": c1["total_ms"],
             "p50_c64_ms": load["total_p50_ms"],
             "ttft_p50_c64_ms": load["ttft_p50_ms"],
@@ -445,12 +474,14 @@ def table(agg: dict, targets: list[dict]) -> str:
                  fmt(a["cpu_ms_per_run"], ".1f"), fmt(a["cpu_s_per_1k_tokens"], ".3f"),
                  fmt(a["cpu_s_per_1k_tokens_marginal"], ".3f"), fmt(a.get("greeting_bytes"), ",.0f"),
                  fmt(a["bytes_20_tokens"], ",.0f"), fmt(a["rss_mb"], ".0f")]
-        lines.append("  ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, (_, w)) in enumerate(zip(cells, cols))))
+        pairs = enumerate(zip(cells, cols, strict=True))
+        lines.append("  ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, (_, w)) in pairs))
     lines.append("")
     lines.append("loom targets:")
     for t in targets:
         unit = {"ms": " ms", "x": "×", "s": " CPU-s", "B": " B"}[t["unit"]]
-        lines.append(f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']:<34} {fmt(t['value'], '.3g' if t['unit'] != 'B' else ',.0f')}{unit:<7}"
+        value = fmt(t["value"], ",.0f" if t["unit"] == "B" else ".3g")
+        lines.append(f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']:<34} {value}{unit:<7}"
                      f" (target {t['op']} {t['limit']:g}{unit})")
     return "\n".join(lines)
 
@@ -463,7 +494,7 @@ async def profile_loom(bench: Bench, which: list[str], out_dir: Path) -> dict:
     for kind in which:
         raw = out_dir / f"loom-{kind}.raw"
         with Recorder(loom.server.pid, raw, rate=100, max_seconds=60):
-            cpu0, t0 = loom.server.cpu_seconds(), time.perf_counter()
+            cpu0, t0, threads0 = loom.server.cpu_seconds(), time.perf_counter(), loom.server.thread_cpu_seconds()
             if kind == "load":  # the saturation workload, 20-token runs
                 lr = await loom.load(bench.cfg.sat_runs * 2, bench.cfg.sat_c, 15, bench.cfg.run_timeout)
                 runs, note = len(lr.ok), f"c={bench.cfg.sat_c}, {len(lr.ok)} runs, {len(lr.ok) / lr.wall:.1f} runs/s"
@@ -482,12 +513,30 @@ async def profile_loom(bench: Bench, which: list[str], out_dir: Path) -> dict:
                     bench.long_mode(False)
                 note = f"c=1, {runs} runs of {TOKENS_LONG} tokens"
             cpu, wall = loom.server.cpu_seconds() - cpu0, time.perf_counter() - t0
-        summary = summarize(raw, LOOM_PROBES)
-        summary.update(workload=note, server_cpu_s=round(cpu, 3), wall_s=round(wall, 3))
+            threads1 = loom.server.thread_cpu_seconds()
+        main_cpu = threads1.get(loom.server.pid, 0) - threads0.get(loom.server.pid, 0)
+        summary = summarize(raw, LOOM_PROBES, buckets=LOOM_BUCKETS, cpu_s=cpu, runs=runs,
+                            tokens=runs * TOKENS_LONG if kind == "long" else 0)
+        summary.update(workload=note, server_cpu_s=round(cpu, 3), main_thread_cpu_s=round(main_cpu, 3),
+                       wall_s=round(wall, 3))
         profiles[kind] = summary
         print()
-        print(render(summary, f"py-spy, loom, {kind} ({note}; server CPU {cpu:.2f} s over {wall:.1f} s)"))
+        print(render(summary, f"py-spy, loom, {kind} ({note}; server CPU {cpu:.2f} s over {wall:.1f} s, of which "
+                              f"event-loop thread {main_cpu:.2f} s, other threads {cpu - main_cpu:.2f} s)"))
     return profiles
+
+
+def git_state() -> dict:
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "dirty": git("status", "--porcelain", "--", "server", "adapters", "graphs").splitlines()}
 
 
 def versions() -> dict:
@@ -535,14 +584,15 @@ def main(argv: list[str] | None = None) -> int:
         profiles = {}
         if profile == "always" or (profile == "auto" and failed):
             which = ["load", "long"] if profile == "always" else sorted(
-                {"ttft_overhead_ms": "c1", "p50_c64_ratio": "load", "runs_per_s_vs_peer": "load",
-                 "cpu_s_per_1k_tokens": "long"}[m] for m in failed if m != "greeting_bytes")
+                {{"ttft_overhead_ms": "c1", "p50_c64_ratio": "load", "runs_per_s_vs_peer": "load",
+                  "cpu_s_per_1k_tokens": "long"}[m] for m in failed if m != "greeting_bytes"})
             if which:
                 profiles = asyncio.run(profile_loom(bench, which, out.parent))
     finally:
         bench.stop()
     report = {
-        "when": stamp, "quick": args.quick, "config": cfg.__dict__, "versions": versions(), "cpus": os.cpu_count(),
+        "when": stamp, "quick": args.quick, "config": cfg.__dict__, "versions": versions(), "git": git_state(),
+        "cpus": os.cpu_count(),
         "loadavg_start": load0, "loadavg_end": os.getloadavg(),
         "elapsed_s": round(time.monotonic() - bench.t_start, 1),
         "mock": {"ttft_ms": 50, "tokens": 20, "token_delay_ms": 5, "long_tokens": TOKENS_LONG},
@@ -551,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(report, indent=2))
     print()
-    print(f"median of {len(result['rounds'])} round(s); ratios within each round; "
+    dirty = report["git"]["dirty"]
+    print(f"loom at {report['git']['head']}{f' + uncommitted changes in {len(dirty)} file(s)' if dirty else ''}; "
+          f"median of {len(result['rounds'])} round(s); ratios within each round; "
           f"elapsed {report['elapsed_s']:.0f} s; load average {load0[0]:.2f} -> {report['loadavg_end'][0]:.2f}")
     print(table(agg, targets))
     for note in bench.notes:

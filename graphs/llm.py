@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import openai
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
+from openai._base_client import make_request_options
+from pydantic import model_validator
 
 from server.local_llm import DEMO_STOP
 from server.settings import get_settings
@@ -15,11 +18,47 @@ from server.settings import get_settings
 DEMO_MAX_TOKENS = 256
 
 
+class _DictStreamingCompletions:
+    """`client.chat.completions` whose streams yield the chunks as plain dicts.
+
+    Why: the openai SDK builds a pydantic ChatCompletionChunk per streamed chunk (and first transforms the
+    request body through its TypedDict schemas), and langchain-openai immediately dumps each chunk back to a
+    dict. Measured in bench/serving.py that round trip was ~45% of loom's CPU per streamed token. Posting
+    through the same client (its auth, retries with backoff and jitter, timeouts, SSE decoding and in-stream
+    error handling all still apply) with `cast_to=object` skips it; langchain-openai takes dicts as they are.
+    """
+
+    def __init__(self, client: openai.AsyncOpenAI):
+        self._client = client
+        self._completions = client.chat.completions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._completions, name)
+
+    async def create(self, **payload: Any) -> Any:
+        if not payload.get("stream"):
+            return await self._completions.create(**payload)
+        options = make_request_options(
+            extra_headers=payload.pop("extra_headers", None), extra_query=payload.pop("extra_query", None),
+            extra_body=payload.pop("extra_body", None), timeout=payload.pop("timeout", openai.NOT_GIVEN),
+            security={"bearer_auth": True},
+        )
+        return await self._client.post("/chat/completions", body=payload, options=options, cast_to=object,
+                                       stream=True, stream_cls=openai.AsyncStream[object])
+
+
 class ChatModel(ChatOpenAI):
-    """ChatOpenAI that keeps `reasoning_content` (DeepSeek, vLLM, Qwen, llama.cpp servers send it).
+    """ChatOpenAI that keeps `reasoning_content` (DeepSeek, vLLM, Qwen, llama.cpp servers send it) and streams
+    without the per-chunk pydantic round trip.
 
     Upstream ChatOpenAI drops non-OpenAI fields; the AG-UI adapter streams this as REASONING events.
     """
+
+    @model_validator(mode="after")
+    def _stream_dicts(self) -> ChatModel:
+        if self.root_async_client is not None and not isinstance(self.async_client, _DictStreamingCompletions):
+            self.async_client = _DictStreamingCompletions(self.root_async_client)
+        return self
 
     def _convert_chunk_to_generation_chunk(
         self, chunk: dict, default_chunk_class: type, base_generation_info: dict | None
