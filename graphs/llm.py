@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from functools import lru_cache
 from typing import Any
 
@@ -81,9 +83,35 @@ class ChatModel(ChatOpenAI):
         return result
 
 
-@lru_cache(maxsize=64)
+_http_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _http_client() -> Any:
+    """One HTTP connection pool per event loop, on openai's aiohttp transport.
+
+    Why: with the default httpx transport, per-chunk reads (h11 parsing, anyio timeouts, pool checks) were
+    the largest share of loom's CPU per run in bench/serving.py; aiohttp reads the stream in large chunks.
+    """
+    loop = asyncio.get_running_loop()
+    if loop not in _http_clients:
+        _http_clients[loop] = openai.DefaultAioHttpClient(timeout=get_settings().llm_timeout)
+    return _http_clients[loop]
+
+
+async def close_http_clients() -> None:
+    """Close the connection pool of the running event loop (server shutdown)."""
+    client = _http_clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
 def chat_model(model: str | None = None, temperature: float | None = None, max_tokens: int | None = None) -> ChatModel:
-    """A cached streaming chat model; one instance (and so one connection pool) per distinct setting."""
+    """A streaming chat model for the configured endpoint; cached per setting and event loop."""
+    return _chat_model(model, temperature, max_tokens, _http_client())
+
+
+@lru_cache(maxsize=64)
+def _chat_model(model: str | None, temperature: float | None, max_tokens: int | None, http_client: Any) -> ChatModel:
     settings = get_settings()
     if settings.demo_model:  # deterministic and bounded: the tiny model wanders otherwise
         max_tokens = max_tokens or DEMO_MAX_TOKENS
@@ -99,6 +127,7 @@ def chat_model(model: str | None = None, temperature: float | None = None, max_t
         timeout=settings.llm_timeout,
         max_retries=settings.llm_max_retries,
         stop=DEMO_STOP if settings.demo_model else None,
+        http_async_client=http_client,
     )
 
 

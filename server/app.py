@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from adapters.agui.inbound import InputError, user_from_props
+from graphs.llm import close_http_clients
 from server.auth import authenticate, resolve_user
 from server.persistence import open_persistence
 from server.registry import GraphEntry, compile_all
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.demo_model:
                 log.warning(DEMO_NOTE)
             yield
+            await close_http_clients()
 
     app = FastAPI(title="loom", version="0.1.0", lifespan=lifespan)
 

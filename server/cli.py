@@ -76,6 +76,7 @@ def chat(
 async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> None:
     from ag_ui.core import RunAgentInput
 
+    from graphs.llm import close_http_clients
     from server.persistence import open_persistence
     from server.registry import compile_all
     from server.runs import prepare_run, stream_run
@@ -98,6 +99,7 @@ async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> 
             for line in chunk.splitlines():
                 if line.startswith("data: "):
                     _render(json.loads(line[6:]), show_events)
+        await close_http_clients()
     console.print(f"\n[dim]thread {thread_id}[/dim]")
 
 

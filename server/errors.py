@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import openai
 
@@ -28,7 +30,11 @@ def classify(exc: BaseException) -> tuple[str, str]:
     The openai client has already retried what is safe to retry (connection errors, 408/409/429/5xx) with
     exponential backoff and jitter before any token arrived; what reaches here is final.
     """
-    if any(isinstance(e, _STREAM_BROKEN) for e in _chain(exc)):
+    chain = _chain(exc)
+    if any(isinstance(e, (ConnectionRefusedError, socket.gaierror)) for e in chain):
+        # Checked first: openai's aiohttp transport reports a refused connection as a connect *timeout*.
+        return LLM_UNREACHABLE, f"Cannot reach the model server: {chain[-1]}. Check LOOM_LLM_BASE_URL."
+    if any(isinstance(e, _STREAM_BROKEN) for e in chain):
         return LLM_BAD_RESPONSE, "The model server closed the stream in the middle of a response."
     if isinstance(exc, openai.APITimeoutError):
         return LLM_TIMEOUT, "The model server went silent for longer than LOOM_LLM_TIMEOUT allows."
