@@ -6,9 +6,11 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
@@ -45,6 +47,12 @@ class State(MessagesState):
 
 def backend_tools() -> dict:
     return all_tools(get_settings().extra_tools)
+
+
+@lru_cache
+def _backend_schemas(extra_tools: str) -> tuple[dict, ...]:
+    # Converting tools to OpenAI schemas on every model call was measurable per run; do it once.
+    return tuple(convert_to_openai_tool(t) for t in all_tools(extra_tools).values())
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -93,7 +101,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
     model = chat_model(ctx.model)
-    tools = [*backend_tools().values(), *_frontend_schemas(ctx)]
+    tools = [*_backend_schemas(get_settings().extra_tools), *_frontend_schemas(ctx)]
 
     if _turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."

@@ -84,8 +84,10 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
             yield encode(translator.error(str(prepared.error), prepared.error.code.upper()))
             return
         if prepared.graph_input is not None:
+            # durability="exit": one checkpoint write per run instead of per step. A run cut off midway leaves
+            # the thread as it was, which reconciliation repairs from the history the client sends next time.
             stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
-                                         stream_mode=STREAM_MODES, version="v2")
+                                         stream_mode=STREAM_MODES, version="v2", durability="exit")
             async with aclosing(stream):  # closing it cancels the graph's running tasks
                 async for part in stream:
                     events = translator.feed(part)
