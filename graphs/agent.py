@@ -7,13 +7,14 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
+from pydantic import Field
 
 from graphs.context import BaseContext, client_context_prompt
 from graphs.llm import chat_model, is_demo_model
@@ -32,10 +33,12 @@ SYSTEM_PROMPT = (
 class Context(BaseContext):
     model: str | None = field(default=None, metadata={"description": "Chat model; default: LOOM_LLM_MODEL."})
     system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"description": "System prompt."})
-    max_iterations: int = field(
+    max_iterations: Annotated[int, Field(ge=1, le=100)] = field(
         default=8, metadata={"description": "Model calls per user turn; the last one answers without tools."}
     )
-    tool_timeout: float = field(default=30.0, metadata={"description": "Seconds one server-side tool may run."})
+    tool_timeout: Annotated[float, Field(gt=0, le=3600)] = field(
+        default=30.0, metadata={"description": "Seconds one server-side tool may run."}
+    )
     confirm_tools: list[str] = field(
         default_factory=list, metadata={"description": "Server-side tools that wait for the user's approval."}
     )
@@ -101,7 +104,10 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
     model = chat_model(ctx.model)
-    tools = [*_backend_schemas(get_settings().extra_tools), *_frontend_schemas(ctx)]
+    frontend = _frontend_schemas(ctx)
+    shadowed = {t["function"]["name"] for t in frontend}  # the client's own tool of the same name wins
+    backend = [t for t in _backend_schemas(get_settings().extra_tools) if t["function"]["name"] not in shadowed]
+    tools = [*backend, *frontend]
 
     if _turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."

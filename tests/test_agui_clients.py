@@ -86,6 +86,16 @@ def test_frontend_tool_round_trip(loom, llm):
     assert roles(result["messages"]) == ["user", "assistant", "tool", "assistant"]
 
 
+def test_a_frontend_tool_shadows_the_backend_tool_of_the_same_name(loom, llm):
+    own_calculator = {"name": "calculator", "description": "The page's calculator.", "parameters": {}}
+    llm.script({"tool_calls": [tool_call("calculator", {"expression": "1+1"})]})
+    result = run_agui_client(f"{loom.url}/agents/agent", [{"op": "user", "content": "1+1"}], tools=[own_calculator])
+    assert_clean(result)
+    names = [t["function"]["name"] for t in llm.requests()[0]["body"]["tools"]]
+    assert names.count("calculator") == 1 and names[-1] == "calculator"
+    assert result["runs"][0]["pendingToolCallIds"]  # the client runs it, not the server
+
+
 def test_turn_mixing_backend_and_frontend_calls(loom, llm):
     backend, frontend = tool_call("calculator", {"expression": "3*3"}), tool_call("show_weather", {"city": "Rome"})
     llm.script({"tool_calls": [backend, frontend]}, {"text": "9, and the widget is shown."})

@@ -89,6 +89,8 @@ def strict(llm, tmp_path_factory):
      "forwardedProps.context.max_iterations"),
     (run_body(forwardedProps={"context": {"user_id": "someone-else"}}), 422, "invalid_context",
      "forwardedProps.context.user_id"),
+    (run_body(forwardedProps={"context": {"max_iterations": 0}}), 422, "invalid_context",
+     "forwardedProps.context.max_iterations"),
 ])
 def test_bad_requests_name_the_field_or_limit(strict, body, status, code, field):
     response, _ = strict.post("agent", body)
