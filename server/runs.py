@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ag_ui.core import RunAgentInput
-from ag_ui.core.events import BaseEvent
 
 from adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
 from adapters.agui.outbound import RunTranslator
@@ -63,8 +63,12 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
     return prepared
 
 
-def encode(events: list[BaseEvent]) -> str:
-    return "".join(f"data: {event.model_dump_json(by_alias=True)}\n\n" for event in events)
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def encode(events: list[dict]) -> str:
+    """SSE frames, one `data:` line per event (JSON never contains a raw newline)."""
+    return "".join(f"data: {_dumps(event)}\n\n" for event in events)
 
 
 async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:

@@ -189,7 +189,7 @@ def test_error_is_the_only_terminal_event():
     translator = RunTranslator("t", "r")
     events = translator.start() + translator.feed(task_start("call_model")) + translator.feed(chunk("m1", "par"))
     events += translator.error("The model server closed the stream.", "LLM_BAD_RESPONSE")
-    kinds = [e.type.value for e in events]
+    kinds = [e["type"] for e in events]
     assert kinds[-1] == "RUN_ERROR" and "RUN_FINISHED" not in kinds
 
 

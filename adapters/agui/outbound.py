@@ -21,28 +21,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ag_ui.core import (
-    CustomEvent,
-    MessagesSnapshotEvent,
-    ReasoningEndEvent,
-    ReasoningMessageContentEvent,
-    ReasoningMessageEndEvent,
-    ReasoningMessageStartEvent,
-    ReasoningStartEvent,
-    RunErrorEvent,
-    RunFinishedEvent,
-    RunStartedEvent,
-    StepFinishedEvent,
-    StepStartedEvent,
-    TextMessageContentEvent,
-    TextMessageEndEvent,
-    TextMessageStartEvent,
-    ToolCallArgsEvent,
-    ToolCallEndEvent,
-    ToolCallResultEvent,
-    ToolCallStartEvent,
-)
-from ag_ui.core.events import BaseEvent
 from ag_ui.core.token_usage import aggregate_token_usage, token_usage_from_langchain_metadata
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 
@@ -52,8 +30,15 @@ from adapters.agui.messages import reasoning_id, text_of, to_agui
 PROTOCOL_VERSION = "1.0"
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
+Event = dict[str, Any]  # wire form: camelCase keys, no None values (checked against ag-ui models in tests)
+
+
+def _event(kind: str, **fields: Any) -> Event:
+    """One AG-UI event in wire form. Plain dicts, not ag-ui pydantic models: building and dumping a model per
+    token was the largest share of loom's own per-token CPU (bench/serving.py)."""
+    event = {"type": kind, "timestamp": int(time.time() * 1000)}
+    event.update((k, v) for k, v in fields.items() if v is not None)
+    return event
 
 
 @dataclass
@@ -92,14 +77,13 @@ class RunTranslator:
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
-    def start(self) -> list[BaseEvent]:
-        return [RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id, protocol_version=PROTOCOL_VERSION,
-                                timestamp=_now())]
+    def start(self) -> list[Event]:
+        return [_event("RUN_STARTED", threadId=self.thread_id, runId=self.run_id, protocolVersion=PROTOCOL_VERSION)]
 
-    def snapshot(self, messages: list[BaseMessage]) -> BaseEvent:
-        return MessagesSnapshotEvent(messages=to_agui(messages), timestamp=_now())
+    def snapshot(self, messages: list[BaseMessage]) -> Event:
+        return _event("MESSAGES_SNAPSHOT", messages=to_agui(messages))
 
-    def feed(self, part: dict) -> list[BaseEvent]:
+    def feed(self, part: dict) -> list[Event]:
         kind = part["type"]
         if kind == "messages":
             message, metadata = part["data"]
@@ -113,7 +97,7 @@ class RunTranslator:
             return self._on_custom(part["data"])
         return []
 
-    def finish(self, messages: list[BaseMessage] | None = None) -> list[BaseEvent]:
+    def finish(self, messages: list[BaseMessage] | None = None) -> list[Event]:
         """Close everything and end the run; `messages` (the thread after an interrupt) is snapshotted first."""
         events = self._close_all()
         outcome: dict[str, Any]
@@ -125,17 +109,21 @@ class RunTranslator:
             outcome = {"type": "success"}
             if pending := self.pending_tool_calls:
                 outcome["pendingToolCallIds"] = pending
-        usage = aggregate_token_usage(self._usage) if self._usage else None
-        events.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, outcome=outcome,
-                                       usage=usage or None, timestamp=_now()))
+        events.append(_event("RUN_FINISHED", threadId=self.thread_id, runId=self.run_id, outcome=outcome,
+                             usage=self._usage_summary()))
         self.finished = True
         return events
 
-    def error(self, message: str, code: str) -> list[BaseEvent]:
+    def error(self, message: str, code: str) -> list[Event]:
         """RUN_ERROR is legal with messages still open; it is the only terminal event of a failed run."""
         self.finished = True
-        usage = aggregate_token_usage(self._usage) if self._usage else None
-        return [RunErrorEvent(message=message, code=code, usage=usage or None, timestamp=_now())]
+        return [_event("RUN_ERROR", message=message, code=code, usage=self._usage_summary())]
+
+    def _usage_summary(self) -> list[dict] | None:
+        """One entry per (provider, model), for RUN_FINISHED / RUN_ERROR."""
+        if not self._usage:
+            return None
+        return [u.model_dump(by_alias=True, exclude_none=True) for u in aggregate_token_usage(self._usage)] or None
 
     @property
     def pending_tool_calls(self) -> list[str]:
@@ -143,11 +131,11 @@ class RunTranslator:
 
     # ------------------------------------------------------------------------------------------- messages
 
-    def _on_chunk(self, chunk: AIMessageChunk, metadata: dict) -> list[BaseEvent]:
+    def _on_chunk(self, chunk: AIMessageChunk, metadata: dict) -> list[Event]:
         if "nostream" in (metadata.get("tags") or ()):
             return []
         message_id = chunk.id
-        events: list[BaseEvent] = []
+        events: list[Event] = []
         stream = self._streams.get(message_id)
         if stream is None:
             if message_id in self._streamed:
@@ -164,52 +152,51 @@ class RunTranslator:
             if not stream.reasoning_open:
                 stream.reasoning_open = True
                 rid = reasoning_id(message_id)
-                events += [ReasoningStartEvent(message_id=rid, timestamp=_now()),
-                           ReasoningMessageStartEvent(message_id=rid, role="reasoning", timestamp=_now())]
-            events.append(ReasoningMessageContentEvent(message_id=reasoning_id(message_id), delta=reasoning,
-                                                       timestamp=_now()))
+                events += [_event("REASONING_START", messageId=rid),
+                           _event("REASONING_MESSAGE_START", messageId=rid, role="reasoning")]
+            events.append(_event("REASONING_MESSAGE_CONTENT", messageId=reasoning_id(message_id), delta=reasoning))
         if text and not stream.text_done:
             events += self._close_reasoning(stream)
             if not stream.text_open:
                 stream.text_open = True
-                events.append(TextMessageStartEvent(message_id=message_id, role="assistant", timestamp=_now()))
-            events.append(TextMessageContentEvent(message_id=message_id, delta=text, timestamp=_now()))
+                events.append(_event("TEXT_MESSAGE_START", messageId=message_id, role="assistant"))
+            events.append(_event("TEXT_MESSAGE_CONTENT", messageId=message_id, delta=text))
         for call_chunk in chunk.tool_call_chunks:
             events += self._on_call_chunk(stream, call_chunk)
         if chunk.usage_metadata:
             self._add_usage(message_id, chunk.usage_metadata, chunk.response_metadata, metadata)
         return events
 
-    def _on_call_chunk(self, stream: _Stream, call_chunk: dict) -> list[BaseEvent]:
-        events: list[BaseEvent] = []
+    def _on_call_chunk(self, stream: _Stream, call_chunk: dict) -> list[Event]:
+        events: list[Event] = []
         index = call_chunk.get("index") or 0
         call = stream.calls.get(index)
         if call is None:
             events += self._close_reasoning(stream) + self._close_text(stream)
             call_id = call_chunk.get("id") or f"{stream.message_id}-call-{index}"
             call = stream.calls[index] = self._calls_started[call_id] = _Call(call_id)
-            events.append(ToolCallStartEvent(tool_call_id=call_id, tool_call_name=call_chunk.get("name") or "",
-                                             parent_message_id=stream.message_id, timestamp=_now()))
+            events.append(_event("TOOL_CALL_START", toolCallId=call_id, toolCallName=call_chunk.get("name") or "",
+                                  parentMessageId=stream.message_id))
         if call_chunk.get("args"):
             call.args_sent = True
-            events.append(ToolCallArgsEvent(tool_call_id=call.id, delta=call_chunk["args"], timestamp=_now()))
+            events.append(_event("TOOL_CALL_ARGS", toolCallId=call.id, delta=call_chunk["args"]))
         return events
 
-    def _close_text(self, stream: _Stream) -> list[BaseEvent]:
+    def _close_text(self, stream: _Stream) -> list[Event]:
         if not stream.text_open:
             return []
         stream.text_open, stream.text_done = False, True
-        return [TextMessageEndEvent(message_id=stream.message_id, timestamp=_now())]
+        return [_event("TEXT_MESSAGE_END", messageId=stream.message_id)]
 
-    def _close_reasoning(self, stream: _Stream) -> list[BaseEvent]:
+    def _close_reasoning(self, stream: _Stream) -> list[Event]:
         if not stream.reasoning_open:
             return []
         stream.reasoning_open = False
         rid = reasoning_id(stream.message_id)
-        return [ReasoningMessageEndEvent(message_id=rid, timestamp=_now()),
-                ReasoningEndEvent(message_id=rid, timestamp=_now())]
+        return [_event("REASONING_MESSAGE_END", messageId=rid),
+                _event("REASONING_END", messageId=rid)]
 
-    def _close_stream(self, message_id: str, final: AIMessage | None = None) -> list[BaseEvent]:
+    def _close_stream(self, message_id: str, final: AIMessage | None = None) -> list[Event]:
         """End one streamed message; with its final form, send tool calls whose args never streamed."""
         stream = self._streams.pop(message_id, None)
         if stream is None:
@@ -221,31 +208,29 @@ class RunTranslator:
             if known is None:  # provider sent this call atomically, outside the stream
                 events += self._emit_call(call, message_id)
             elif not known.args_sent and call["args"]:
-                events.append(ToolCallArgsEvent(tool_call_id=known.id, delta=json.dumps(call["args"]),
-                                                timestamp=_now()))
+                events.append(_event("TOOL_CALL_ARGS", toolCallId=known.id, delta=json.dumps(call["args"])))
         for call in stream.calls.values():
             if call.open:
                 call.open = False
-                events.append(ToolCallEndEvent(tool_call_id=call.id, timestamp=_now()))
+                events.append(_event("TOOL_CALL_END", toolCallId=call.id))
         return events
 
-    def _emit_call(self, call: dict, message_id: str) -> list[BaseEvent]:
+    def _emit_call(self, call: dict, message_id: str) -> list[Event]:
         self._calls_started[call["id"]] = _Call(call["id"], open=False, args_sent=True)
         return [
-            ToolCallStartEvent(tool_call_id=call["id"], tool_call_name=call["name"], parent_message_id=message_id,
-                               timestamp=_now()),
-            ToolCallArgsEvent(tool_call_id=call["id"], delta=json.dumps(call["args"]), timestamp=_now()),
-            ToolCallEndEvent(tool_call_id=call["id"], timestamp=_now()),
+            _event("TOOL_CALL_START", toolCallId=call["id"], toolCallName=call["name"], parentMessageId=message_id),
+            _event("TOOL_CALL_ARGS", toolCallId=call["id"], delta=json.dumps(call["args"])),
+            _event("TOOL_CALL_END", toolCallId=call["id"]),
         ]
 
-    def _emit_message(self, message: AIMessage) -> list[BaseEvent]:
+    def _emit_message(self, message: AIMessage) -> list[Event]:
         """A message a node returned without streaming it (no LLM stream, or a hidden one)."""
         self._streamed.add(message.id)
-        events: list[BaseEvent] = []
+        events: list[Event] = []
         if text := text_of(message.content):
-            events += [TextMessageStartEvent(message_id=message.id, role="assistant", timestamp=_now()),
-                       TextMessageContentEvent(message_id=message.id, delta=text, timestamp=_now()),
-                       TextMessageEndEvent(message_id=message.id, timestamp=_now())]
+            events += [_event("TEXT_MESSAGE_START", messageId=message.id, role="assistant"),
+                       _event("TEXT_MESSAGE_CONTENT", messageId=message.id, delta=text),
+                       _event("TEXT_MESSAGE_END", messageId=message.id)]
         for call in message.tool_calls:
             events += self._emit_call(call, message.id)
         return events
@@ -261,16 +246,16 @@ class RunTranslator:
 
     # ---------------------------------------------------------------------------------------------- tasks
 
-    def _on_task_start(self, data: dict) -> list[BaseEvent]:
+    def _on_task_start(self, data: dict) -> list[Event]:
         name = data["name"]
         self._task_names[data["id"]] = name
         self._steps[name] += 1
         if self._steps[name] == 1:
-            return [StepStartedEvent(step_name=name, timestamp=_now())]
+            return [_event("STEP_STARTED", stepName=name)]
         return []
 
-    def _on_task_result(self, data: dict) -> list[BaseEvent]:
-        events: list[BaseEvent] = []
+    def _on_task_result(self, data: dict) -> list[Event]:
+        events: list[Event] = []
         written = _written_messages(data.get("result") or {})
         finals = {m.id: m for m in written if isinstance(m, AIMessage)}
         for message_id in self._task_streams.pop(data["id"], ()):
@@ -283,37 +268,37 @@ class RunTranslator:
                     self._add_usage(message.id, message.usage_metadata, message.response_metadata, {})
             elif isinstance(message, ToolMessage):  # also for calls of an earlier run (an approved interrupt)
                 self._results.add(message.tool_call_id)
-                events.append(ToolCallResultEvent(message_id=message.id, tool_call_id=message.tool_call_id,
-                                                  content=text_of(message.content), role="tool", timestamp=_now()))
+                events.append(_event("TOOL_CALL_RESULT", messageId=message.id, toolCallId=message.tool_call_id,
+                                     content=text_of(message.content), role="tool"))
         self.interrupts += data.get("interrupts") or []
         name = self._task_names.pop(data["id"], data["name"])
         if self._steps[name] > 0:
             self._steps[name] -= 1
             if self._steps[name] == 0:
-                events.append(StepFinishedEvent(step_name=name, timestamp=_now()))
+                events.append(_event("STEP_FINISHED", stepName=name))
         return events
 
-    def _on_custom(self, data: Any) -> list[BaseEvent]:
+    def _on_custom(self, data: Any) -> list[Event]:
         if isinstance(data, dict) and "step" in data:
             name = str(data["step"])
             if data.get("status") == "finished":
                 if self._steps[name] > 0:
                     self._steps[name] -= 1
-                    return [StepFinishedEvent(step_name=name, timestamp=_now())] if not self._steps[name] else []
+                    return [_event("STEP_FINISHED", stepName=name)] if not self._steps[name] else []
                 return []
             self._steps[name] += 1
-            return [StepStartedEvent(step_name=name, timestamp=_now())] if self._steps[name] == 1 else []
+            return [_event("STEP_STARTED", stepName=name)] if self._steps[name] == 1 else []
         if isinstance(data, dict) and "name" in data:
-            return [CustomEvent(name=str(data["name"]), value=data.get("value"), timestamp=_now())]
-        return [CustomEvent(name="loom.custom", value=data, timestamp=_now())]
+            return [{**_event("CUSTOM", name=str(data["name"])), "value": data.get("value")}]
+        return [{**_event("CUSTOM", name="loom.custom"), "value": data}]
 
-    def _close_all(self) -> list[BaseEvent]:
-        events: list[BaseEvent] = []
+    def _close_all(self) -> list[Event]:
+        events: list[Event] = []
         for message_id in list(self._streams):
             events += self._close_stream(message_id)
         for name, count in self._steps.items():
             if count:
-                events.append(StepFinishedEvent(step_name=name, timestamp=_now()))
+                events.append(_event("STEP_FINISHED", stepName=name))
         self._steps.clear()
         return events
 
