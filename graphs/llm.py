@@ -105,13 +105,18 @@ async def close_http_clients() -> None:
         await client.aclose()
 
 
-def chat_model(model: str | None = None, temperature: float | None = None, max_tokens: int | None = None) -> ChatModel:
-    """A streaming chat model for the configured endpoint; cached per setting and event loop."""
-    return _chat_model(model, temperature, max_tokens, _http_client())
+def chat_model(model: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
+               max_retries: int | None = None) -> ChatModel:
+    """A streaming chat model for the configured endpoint; cached per setting and event loop.
+
+    `max_retries` overrides LOOM_LLM_MAX_RETRIES (0: the caller retries, e.g. within its own deadline).
+    """
+    return _chat_model(model, temperature, max_tokens, max_retries, _http_client())
 
 
 @lru_cache(maxsize=64)
-def _chat_model(model: str | None, temperature: float | None, max_tokens: int | None, http_client: Any) -> ChatModel:
+def _chat_model(model: str | None, temperature: float | None, max_tokens: int | None, max_retries: int | None,
+                http_client: Any) -> ChatModel:
     settings = get_settings()
     if settings.demo_model:  # deterministic and bounded: the tiny model wanders otherwise
         max_tokens = max_tokens or DEMO_MAX_TOKENS
@@ -125,7 +130,7 @@ def _chat_model(model: str | None, temperature: float | None, max_tokens: int | 
         streaming=True,
         stream_usage=True,
         timeout=settings.llm_timeout,
-        max_retries=settings.llm_max_retries,
+        max_retries=settings.llm_max_retries if max_retries is None else max_retries,
         stop=DEMO_STOP if settings.demo_model else None,
         http_async_client=http_client,
     )

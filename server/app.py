@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 
 from ag_ui.core import RunAgentInput
 from fastapi import FastAPI, HTTPException, Request
@@ -79,23 +79,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(run, JSONResponse):
             return run
         user_id = resolve_user(caller, user_from_props(run))
-        if run.thread_id in app.state.busy_threads:
+        busy: set[str] = app.state.busy_threads
+        if run.thread_id in busy:
             return _error(409, "thread_busy", f"Thread {run.thread_id!r} already has a run in progress.")
+        busy.add(run.thread_id)  # before the first await: two requests for one thread cannot both pass
         try:
             prepared = await prepare_run(entry, run, user_id)
-        except InputError as exc:
-            return _error(422, exc.code, str(exc), field=exc.field)
-
-        async def body_iterator():
-            app.state.busy_threads.add(run.thread_id)
-            try:
-                async with aclosing(stream_run(prepared)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-            finally:
-                app.state.busy_threads.discard(run.thread_id)
-
-        return EventStreamResponse(body_iterator())
+        except BaseException as exc:
+            busy.discard(run.thread_id)
+            if isinstance(exc, InputError):
+                return _error(422, exc.code, str(exc), field=exc.field)
+            raise
+        return EventStreamResponse(stream_run(prepared), on_close=lambda: busy.discard(run.thread_id))
 
     return app
 

@@ -59,6 +59,18 @@ class Settings(BaseSettings):
 
     extra_tools: str = Field("", description="Comma-separated modules whose TOOLS list the agent graph adds.")
 
+    # Long-term memory (graphs/memory_store.py). Limits answer with an error naming the setting.
+    memory_backend: str = Field("store", description="store (LangGraph store: SQLite/PostgreSQL) or letta.")
+    memory_max_per_user: int = Field(1000, description="Memories one user may keep.")
+    memory_max_length: int = Field(2000, description="Characters in one memory.")
+    memory_search: bool = Field(True, description="Whether search (REST, tools, recall) is available.")
+    memory_recall: int = Field(5, description="Memories recalled into each `memory` turn by default.")
+    # Semantic search: an OpenAI-compatible /v1/embeddings endpoint when set; else the offline all-MiniLM-L6-v2
+    # from the `memory` extra when installed; else lexical search only. `none` turns embeddings off.
+    memory_embeddings_url: str | None = None
+    memory_embeddings_model: str = "all-MiniLM-L6-v2"
+    memory_embeddings_api_key: str = "not-needed"
+
     host: str = "127.0.0.1"
     port: int = 8000
 

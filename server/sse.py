@@ -8,7 +8,7 @@ which cancels the run through `aclosing` all the way down to LangGraph's node ta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, suppress
 
 from starlette.responses import Response
@@ -18,14 +18,15 @@ from starlette.types import Receive, Scope, Send
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncIterator[str], headers: dict[str, str] | None = None):
+    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], None] | None = None):
         self.body_iterator = body
+        self.on_close = on_close
         self.status_code = 200
         self.background = None
-        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        """`on_close` runs however the response ends: finished, client gone, or never started."""
         stream = asyncio.ensure_future(self._stream(send))
         disconnect = asyncio.ensure_future(_until_disconnect(receive))
         try:
@@ -35,6 +36,8 @@ class EventStreamResponse(Response):
             stream.cancel()
             with suppress(asyncio.CancelledError, OSError):
                 await stream
+            if self.on_close is not None:
+                self.on_close()
 
     async def _stream(self, send: Send) -> None:
         """Send events as they come; what piles up while a write is in progress goes out as one write.
@@ -42,13 +45,17 @@ class EventStreamResponse(Response):
         Why: under load one socket write per token was ~10% of loom's CPU per run (bench/serving.py).
         At low load every event is still flushed on its own, as soon as it exists.
         """
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1024)  # bounded: a slow client slows the run
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        # Unbounded, but one run's output is bounded by the model's token limit.
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
 
         async def produce() -> None:
-            async with aclosing(self.body_iterator) as body:
-                async for chunk in body:
-                    await queue.put(chunk)
-            await queue.put(None)
+            try:
+                async with aclosing(self.body_iterator) as body:
+                    async for chunk in body:
+                        queue.put_nowait(chunk)
+            finally:
+                queue.put_nowait(None)  # the end, however the body ended
 
         producer = asyncio.ensure_future(produce())
         try:

@@ -192,3 +192,24 @@ def test_agent_runs_a_tool_turn_with_run_context(studio, client, llm):
             assert request["body"]["model"] == "scripted"
         assert requests[1]["body"]["messages"][-1]["content"] == "42"
     print(f"langgraph dev ready in {studio.startup_seconds:.1f} s; tool turn ran in {run_seconds:.2f} s")
+
+
+def test_moa_runs_with_proposers_set_in_the_run_context(studio, client, llm):
+    llm.set_model("p1", text="idea one")
+    llm.set_model("p2", text="idea two")
+    llm.set_model("agg", text="Both ideas, combined.")
+    with studio.log_on_failure():
+        [assistant] = client.assistants.search(graph_id="moa", metadata={"created_by": "system"})
+        context = client.assistants.get_schemas(assistant["assistant_id"])["context_schema"]
+        assert {"proposers", "aggregator_model", "layers", "proposer_deadline"} <= set(context["properties"])
+        thread = client.threads.create()
+        result = client.runs.wait(
+            thread["thread_id"], "moa", input={"messages": [{"role": "user", "content": "ideas?"}]},
+            # Studio hands nested settings over as plain dicts
+            context={"proposers": [{"model": "p1"}, {"model": "p2", "temperature": 0.2}], "aggregator_model": "agg"},
+            raise_error=True,
+        )
+        assert [(m["type"], m["content"]) for m in result["messages"]] == [
+            ("human", "ideas?"), ("ai", "Both ideas, combined.")]
+        assert sorted(p["answer"] for p in result["proposals"]) == ["idea one", "idea two"]
+        assert [r["body"]["temperature"] for r in llm.requests() if r["model"] == "p2"] == [0.2]
