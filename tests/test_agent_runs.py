@@ -157,3 +157,21 @@ def test_resending_a_finished_history_is_a_no_op(loom, llm):
     events = loom.run("agent", [u1, a1], thread)
     assert event_types(events) == ["RUN_STARTED", "RUN_FINISHED"]
     assert len(llm.requests()) == 1
+
+
+def test_new_message_after_an_unanswered_frontend_call_still_runs(loom, llm):
+    """The user wrote again instead of running the client tool: the model is told the call got no result."""
+    thread = new_id()
+    widget = {"name": "show_map", "description": "Show a map.", "parameters": {"type": "object", "properties": {}}}
+    llm.script({"tool_calls": [{"id": "call_map", "name": "show_map", "arguments": {}}]}, {"text": "Sure."})
+    u1 = user("map please")
+    first = loom.run("agent", [u1], thread, tools=[widget])
+    assert first[-1]["outcome"]["pendingToolCallIds"] == ["call_map"]
+    call_message = next(e["parentMessageId"] for e in first if e["type"] == "TOOL_CALL_START")
+    assistant = {"id": call_message, "role": "assistant", "toolCalls": [
+        {"id": "call_map", "type": "function", "function": {"name": "show_map", "arguments": "{}"}}]}
+    events = loom.run("agent", [u1, assistant, user("never mind, just say hi")], thread, tools=[widget])
+    assert text_of(events) == "Sure."
+    sent = llm_messages(llm, 1)
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool", "user"]
+    assert sent[3]["tool_call_id"] == "call_map" and "not run" in sent[3]["content"]
