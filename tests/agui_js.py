@@ -135,34 +135,9 @@ def run_agui_client(
     return _parse(proc.returncode, proc.stdout, proc.stderr)
 
 
-async def arun_agui_client(
-    url: str,
-    steps: list[dict],
-    *,
-    thread_id: str | None = None,
-    headers: dict | None = None,
-    tools: list[dict] | None = None,
-    forwarded_props: dict | None = None,
-    messages: list[dict] | None = None,
-    timeout: float = 60,
-) -> dict:
-    """:func:`run_agui_client` without blocking the event loop."""
-    command = _command()
-    payload = _scenario(url, steps, thread_id, headers, tools, forwarded_props, messages)
-    proc = await asyncio.create_subprocess_exec(
-        *command,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=JS_DIR,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(payload.encode()), timeout)
-    except TimeoutError:
-        proc.kill()
-        _, stderr = await proc.communicate()
-        raise AguiClientError(f"{SCRIPT} timed out after {timeout}s:\n{stderr.decode()[-4000:]}") from None
-    return _parse(proc.returncode, stdout.decode(), stderr.decode())
+async def arun_agui_client(url: str, steps: list[dict], **options) -> dict:
+    """:func:`run_agui_client` without blocking the event loop (the node process runs from a thread)."""
+    return await asyncio.to_thread(run_agui_client, url, steps, **options)
 
 
 def client_errors(result: dict) -> list[str]:
