@@ -7,9 +7,10 @@ calls are tagged `nostream`, their results live in `proposals` (reset every turn
 events, so a client may show them while none of them enters the chat history.
 
 CUSTOM events (keys without a value are left out, never null):
-  loom.moa.proposer  {layer, index, model, temperature?, status: "started" | "finished" | "failed",
-                      latency_ms, attempts, tokens?, answer (finished), code + reason (failed)}
-                     `index` is the position in the `proposers` setting; code DEADLINE = cut off at the deadline.
+  loom.moa.proposer  {layer, index, model, temperature?, status: "started"}, then either
+                     {..., status: "finished", answer, tokens?, latency_ms, attempts} or
+                     {..., status: "failed", code, reason, latency_ms, attempts}. `index` is the position in the
+                     `proposers` setting; code is DEADLINE, EMPTY_ANSWER, or the LLM_* code of the last error.
   loom.moa.layer     {layer, proposers, succeeded, failed} when a layer is done.
   loom.moa.fallback  {layer, mode, succeeded, required, reason, from_layer?} when a layer falls short:
                      mode "partial" (the aggregator uses the few answers there are), "earlier_layer" (it uses
@@ -59,6 +60,8 @@ AGGREGATOR_PROMPT = (
 #   largest gain, and every extra layer adds its slowest proposer to the time to first token);
 # - 512 tokens per proposal (togethercomputer/MoA's reference code; the aggregator reads all of them);
 # - answers from at least one proposer, else the aggregator answers by itself (the eval code drops failures).
+# - 30 s per proposer (the paper sets no deadline): room for 512 tokens at ~20 tokens/s from a slow or busy
+#   endpoint, and the most a hung model can add to the time to first token per layer.
 
 
 @dataclass
@@ -195,8 +198,9 @@ async def propose(task: dict[str, Any], runtime: Runtime[Context]) -> dict:
     # flight at the deadline; cancelling it closes its HTTP request, so a hung model costs nothing afterwards.
     model = chat_model(task["model"], task["temperature"], ctx.proposer_max_tokens, max_retries=0).with_config(
         tags=[TAG_NOSTREAM], metadata={"moa_role": "proposer", "moa_layer": task["layer"], "moa_index": task["index"]})
-    retrying = AsyncRetrying(retry=retry_if_exception(_transient), wait=wait_random_exponential(0.2, max=2.0),
-                             stop=stop_before_delay(ctx.proposer_deadline), reraise=True)
+    retrying = AsyncRetrying(retry=retry_if_exception(_transient), reraise=True,
+                             wait=wait_random_exponential(multiplier=0.2, max=2.0),
+                             stop=stop_before_delay(ctx.proposer_deadline))
     started, attempts = time.perf_counter(), 0
     deadline = asyncio.timeout(ctx.proposer_deadline)
     try:
