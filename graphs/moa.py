@@ -33,6 +33,7 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
+from pydantic import Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 from typing_extensions import TypedDict  # not typing's: pydantic (Studio's schemas) needs this before 3.12
 
@@ -80,16 +81,16 @@ class Context(BaseContext):
     aggregator_model: str | None = field(
         default=None, metadata={"description": "Model that writes the answer; default: LOOM_LLM_MODEL. Good "
                                               "proposers are not always good aggregators: use your strongest."})
-    layers: int = field(default=1, metadata={"description": "Proposer layers before the aggregator (MoA-Lite: 1)."})
-    agents_per_layer: int | None = field(
+    layers: Annotated[int, Field(ge=0, le=10)] = field(default=1, metadata={"description": "Proposer layers before the aggregator (MoA-Lite: 1)."})
+    agents_per_layer: Annotated[int, Field(ge=1)] | None = field(
         default=None, metadata={"description": "Proposers per layer, sampled at random; default: all of them."})
     sample_seed: int | None = field(
         default=None, metadata={"description": "Seed for that sampling (same seed, same proposers per layer)."})
-    proposer_deadline: float = field(
+    proposer_deadline: Annotated[float, Field(gt=0, le=3600)] = field(
         default=30.0, metadata={"description": "Seconds a proposer may take, retries included; then it is "
                                               "dropped and the layer goes on without it."})
-    proposer_max_tokens: int = field(default=512, metadata={"description": "Maximum tokens per proposal."})
-    min_proposers: int = field(
+    proposer_max_tokens: Annotated[int, Field(ge=1)] = field(default=512, metadata={"description": "Maximum tokens per proposal."})
+    min_proposers: Annotated[int, Field(ge=0)] = field(
         default=1, metadata={"description": "Answers a layer needs to go on to the next layer; with fewer the "
                                            "aggregator answers from what exists."})
     aggregator_prompt: str = field(
@@ -214,6 +215,8 @@ async def propose(task: dict[str, Any], runtime: Runtime[Context]) -> dict:
             **who, "status": "failed", "code": "EMPTY_ANSWER", "reason": "The model returned an empty answer."}
         if tokens := (response.usage_metadata or {}).get("output_tokens"):
             record["tokens"] = tokens
+        if response.usage_metadata:  # hidden from the message stream, but counted in RUN_FINISHED.usage
+            emit({"usage": response.usage_metadata, "model": response.response_metadata.get("model_name")})
     except Exception as exc:
         code, reason = ("DEADLINE", f"No answer within the {ctx.proposer_deadline:g} s deadline.") \
             if deadline.expired() else classify(exc)

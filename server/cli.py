@@ -44,6 +44,8 @@ def serve(
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per model request drowns the one line per run
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     local = _use_demo_model_if_unconfigured()
     settings = get_settings()
     from server.app import create_app

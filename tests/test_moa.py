@@ -73,6 +73,8 @@ def test_a_layer_runs_its_proposers_at_once_and_only_the_aggregator_streams(loom
     assert layer_steps == [("STEP_STARTED", "layer 1"), ("STEP_FINISHED", "layer 1")]
     assert marks.index(("STEP_FINISHED", "layer 1")) < marks.index(("TEXT_MESSAGE_START", None))
     assert events[-1]["outcome"] == {"type": "success"}
+    usage = {u["model"]: u["outputTokens"] for u in events[-1]["usage"]}  # hidden proposer calls counted too
+    assert usage["agg"] == len(ANSWER.split()) and all(usage[m] == 3 for m in ("p1", "p2", "p3"))
 
 
 def test_failing_flaky_and_hanging_proposers_do_not_stop_the_answer(loom_sqlite, llm):

@@ -10,7 +10,8 @@ It does no I/O, so it is tested with golden event sequences.
 Conventions for graphs:
 - a model call tagged `nostream` (langgraph.constants.TAG_NOSTREAM) is not streamed (MoA proposers);
 - `get_stream_writer()({"name": ..., "value": ...})` becomes a CUSTOM event; `{"step": name, "status":
-  "started"|"finished"}` becomes STEP_STARTED/STEP_FINISHED.
+  "started"|"finished"}` becomes STEP_STARTED/STEP_FINISHED; `{"usage": usage_metadata, "model": ...}` adds a
+  hidden call's tokens to RUN_FINISHED.usage without an event.
 """
 
 from __future__ import annotations
@@ -279,6 +280,10 @@ class RunTranslator:
         return events
 
     def _on_custom(self, data: Any) -> list[Event]:
+        if isinstance(data, dict) and "usage" in data:
+            self._add_usage(f"custom-{len(self._usage_seen)}", data["usage"] or {}, {"model_name": data.get("model")},
+                            {"ls_provider": data.get("provider")})
+            return []
         if isinstance(data, dict) and "step" in data:
             name = str(data["step"])
             if data.get("status") == "finished":
