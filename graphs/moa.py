@@ -81,7 +81,8 @@ class Context(BaseContext):
     aggregator_model: str | None = field(
         default=None, metadata={"description": "Model that writes the answer; default: LOOM_LLM_MODEL. Good "
                                               "proposers are not always good aggregators: use your strongest."})
-    layers: Annotated[int, Field(ge=0, le=10)] = field(default=1, metadata={"description": "Proposer layers before the aggregator (MoA-Lite: 1)."})
+    layers: Annotated[int, Field(ge=0, le=10)] = field(
+        default=1, metadata={"description": "Proposer layers before the aggregator (MoA-Lite: 1)."})
     agents_per_layer: Annotated[int, Field(ge=1)] | None = field(
         default=None, metadata={"description": "Proposers per layer, sampled at random; default: all of them."})
     sample_seed: int | None = field(
@@ -89,7 +90,8 @@ class Context(BaseContext):
     proposer_deadline: Annotated[float, Field(gt=0, le=3600)] = field(
         default=30.0, metadata={"description": "Seconds a proposer may take, retries included; then it is "
                                               "dropped and the layer goes on without it."})
-    proposer_max_tokens: Annotated[int, Field(ge=1)] = field(default=512, metadata={"description": "Maximum tokens per proposal."})
+    proposer_max_tokens: Annotated[int, Field(ge=1)] = field(
+        default=512, metadata={"description": "Maximum tokens per proposal."})
     min_proposers: Annotated[int, Field(ge=0)] = field(
         default=1, metadata={"description": "Answers a layer needs to go on to the next layer; with fewer the "
                                            "aggregator answers from what exists."})

@@ -52,26 +52,30 @@ def registry_path() -> Path:
     return local if local.exists() else REPO_ROOT / "langgraph.json"
 
 
-def load_builders(path: Path | None = None) -> dict[str, tuple[StateGraph, str]]:
-    """name -> (builder, description) for every graph in langgraph.json."""
+def load_builders(path: Path | None = None) -> dict[str, tuple[StateGraph, str, dict]]:
+    """name -> (builder, description, run config) for every graph in langgraph.json.
+
+    The run config is the one the module's exported graph carries (e.g. `.with_config(recursion_limit=...)`),
+    so Studio and loom run a graph with the same settings.
+    """
     path = path or registry_path()
     spec = json.loads(path.read_text())
-    out: dict[str, tuple[StateGraph, str]] = {}
+    out: dict[str, tuple[StateGraph, str, dict]] = {}
     for name, target in spec["graphs"].items():
-        file, _, _attr = (target["path"] if isinstance(target, dict) else target).partition(":")
+        file, _, attr = (target["path"] if isinstance(target, dict) else target).partition(":")
         module_name = ".".join(Path(file).with_suffix("").parts).lstrip(".")
         module = importlib.import_module(module_name)
-        builder = module.builder
         description = (module.__doc__ or name).strip().splitlines()[0]
         if isinstance(target, dict) and target.get("description"):
             description = target["description"]
-        out[name] = (builder, description)
+        exported = getattr(module, attr or "graph", None)
+        out[name] = (module.builder, description, dict(getattr(exported, "config", None) or {}))
     return out
 
 
 def compile_all(checkpointer, store, path: Path | None = None) -> dict[str, GraphEntry]:
     entries = {}
-    for name, (builder, description) in load_builders(path).items():
+    for name, (builder, description, config) in load_builders(path).items():
         graph = builder.compile(checkpointer=checkpointer, store=store, name=name)
-        entries[name] = GraphEntry(name, description, builder, graph)
+        entries[name] = GraphEntry(name, description, builder, graph.with_config(config) if config else graph)
     return entries

@@ -97,6 +97,9 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
                     events = translator.feed(part)
                     if events:
                         yield encode(events)
+                    elif translator.keepalive_due:
+                        translator.keepalive_due = False
+                        yield ": keepalive\n\n"
         messages = None
         if translator.interrupts:
             messages = (await entry.graph.aget_state(prepared.config)).values.get("messages", [])

@@ -11,7 +11,8 @@ Conventions for graphs:
 - a model call tagged `nostream` (langgraph.constants.TAG_NOSTREAM) is not streamed (MoA proposers);
 - `get_stream_writer()({"name": ..., "value": ...})` becomes a CUSTOM event; `{"step": name, "status":
   "started"|"finished"}` becomes STEP_STARTED/STEP_FINISHED; `{"usage": usage_metadata, "model": ...}` adds a
-  hidden call's tokens to RUN_FINISHED.usage without an event.
+  hidden call's tokens to RUN_FINISHED.usage without an event; `{"keepalive": True}` asks for an SSE comment
+  (`keepalive_due`) so proxies keep a quiet stream open, without an event a client has to understand.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class RunTranslator:
         self._usage_seen: set[str] = set()
         self.interrupts: list[Any] = []
         self.finished = False
+        self.keepalive_due = False
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -280,6 +282,9 @@ class RunTranslator:
         return events
 
     def _on_custom(self, data: Any) -> list[Event]:
+        if isinstance(data, dict) and data.get("keepalive"):
+            self.keepalive_due = True
+            return []
         if isinstance(data, dict) and "usage" in data:
             self._add_usage(f"custom-{len(self._usage_seen)}", data["usage"] or {}, {"model_name": data.get("model")},
                             {"ls_provider": data.get("provider")})
