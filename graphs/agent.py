@@ -60,7 +60,7 @@ def _backend_schemas(extra_tools: str) -> tuple[dict, ...]:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _turn_iterations(messages: list[AnyMessage]) -> int:
+def turn_iterations(messages: list[AnyMessage]) -> int:
     """Model calls since the last user message (the iteration bound is per user turn)."""
     count = 0
     for message in reversed(messages):
@@ -70,7 +70,7 @@ def _turn_iterations(messages: list[AnyMessage]) -> int:
     return count
 
 
-def _answered_history(messages: list[AnyMessage]) -> list[AnyMessage]:
+def answered_history(messages: list[AnyMessage]) -> list[AnyMessage]:
     """The history with a placeholder result for any tool call the client never answered.
 
     OpenAI-compatible servers reject a tool call without a result; this happens when a user writes a new
@@ -88,7 +88,7 @@ def _answered_history(messages: list[AnyMessage]) -> list[AnyMessage]:
     return out
 
 
-def _frontend_schemas(ctx: Context) -> list[dict[str, Any]]:
+def frontend_schemas(ctx: Context) -> list[dict[str, Any]]:
     return [
         {"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
                                           "parameters": t.get("parameters") or {"type": "object", "properties": {}}}}
@@ -104,12 +104,12 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
     model = chat_model(ctx.model)
-    frontend = _frontend_schemas(ctx)
+    frontend = frontend_schemas(ctx)
     shadowed = {t["function"]["name"] for t in frontend}  # the client's own tool of the same name wins
     backend = [t for t in _backend_schemas(get_settings().extra_tools) if t["function"]["name"] not in shadowed]
     tools = [*backend, *frontend]
 
-    if _turn_iterations(messages) >= ctx.max_iterations:
+    if turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."
         bound = model
     elif is_demo_model():
@@ -119,7 +119,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         bound = model.bind_tools(tools, tool_choice="any", parallel_tool_calls=False) if fresh_turn else model
     else:
         bound = model.bind_tools(tools)
-    response = await bound.ainvoke([system, *_answered_history(messages)])
+    response = await bound.ainvoke([system, *answered_history(messages)])
     return {"messages": [response]}
 
 

@@ -1,13 +1,13 @@
-"""Per-user long-term memory: the backend interface, its limits and errors, and the LangGraph-store backend.
+"""Per-user long-term memory: the backend interface (`MemoryBackend`), its values, limits and errors.
 
 Every operation takes the user id first; a backend keeps each user's memories in a space no other user id can
 reach (the store backend uses the namespace `("memories", user_id)`). The server resolves the user id from the
 authenticated key, so isolation holds as long as callers pass that id through unchanged.
 
-Backends: `store` (default: LangGraph's store — SQLite, or PostgreSQL from LOOM_DATABASE_URL) and `letta`
-(`adapters.letta.memory.LettaMemoryBackend`, a Letta agent's archival memory). Pick one with
-`memory_backend(store)`; both enforce the same limits through `MemoryLimits` (a backend's constructor takes
-one: `StoreMemoryBackend(store, limits)`, `LettaMemoryBackend(limits)`).
+Backends: `store` (default: `graphs.memory_store_backend.StoreMemoryBackend`, LangGraph's store — SQLite, or
+PostgreSQL from LOOM_DATABASE_URL) and `letta` (`adapters.letta.memory.LettaMemoryBackend`, a Letta agent's
+archival memory). Pick one with `memory_backend(store)`; both enforce the same limits through `MemoryLimits` (a
+backend's constructor takes one: `StoreMemoryBackend(store, limits)`, `LettaMemoryBackend(limits)`).
 """
 
 from __future__ import annotations
@@ -207,4 +207,6 @@ def memory_backend(store: Any = None, name: str | None = None) -> MemoryBackend:
         raise MemoryStoreError(f"LOOM_MEMORY_BACKEND must be 'store' or 'letta', got {name!r}")
     if store is None:
         raise MemoryBackendUnavailable("the memory graph needs a store (run it through loom or langgraph dev)")
+    from graphs.memory_store_backend import StoreMemoryBackend
+
     return StoreMemoryBackend(store, MemoryLimits.from_settings())

@@ -30,6 +30,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
     The openai client has already retried what is safe to retry (connection errors, 408/409/429/5xx) with
     exponential backoff and jitter before any token arrived; what reaches here is final.
     """
+    code = getattr(exc, "run_error_code", None)
+    if isinstance(code, str):  # an adapter's own specific error (adapters/letta/errors.py: LETTA_* codes)
+        return code, str(exc)
     chain = _chain(exc)
     if any(isinstance(e, (ConnectionRefusedError, socket.gaierror)) for e in chain):
         # Checked first: openai's aiohttp transport reports a refused connection as a connect *timeout*.

@@ -59,16 +59,27 @@ class Settings(BaseSettings):
 
     extra_tools: str = Field("", description="Comma-separated modules whose TOOLS list the agent graph adds.")
 
+    # Letta (graphs/letta.py, adapters/letta): the REST server the `letta` graph and the letta memory backend use.
+    letta_base_url: str = Field("http://localhost:8283", description="Letta server (Letta Cloud: api.letta.com).")
+    letta_api_key: str | None = None
+    letta_agent_id: str | None = Field(None, description="Agent of the `letta` graph unless the context names one.")
+    letta_timeout: float = Field(120.0, description="Seconds of silence before a Letta request fails (pings: 30 s).")
+    letta_max_retries: int = Field(3, description="Retries (backoff with jitter) before a Letta response starts.")
+    letta_memory_model: str = Field("openai/gpt-4o-mini", description="Model of the per-user memory agents.")
+    letta_memory_embedding: str = Field("openai/text-embedding-3-small", description="Their embedding model.")
+
     # Long-term memory (graphs/memory_store.py). Limits answer with an error naming the setting.
     memory_backend: str = Field("store", description="store (LangGraph store: SQLite/PostgreSQL) or letta.")
     memory_max_per_user: int = Field(1000, description="Memories one user may keep.")
     memory_max_length: int = Field(2000, description="Characters in one memory.")
     memory_search: bool = Field(True, description="Whether search (REST, tools, recall) is available.")
     memory_recall: int = Field(5, description="Memories recalled into each `memory` turn by default.")
-    # Semantic search: an OpenAI-compatible /v1/embeddings endpoint when set; else the offline all-MiniLM-L6-v2
-    # from the `memory` extra when installed; else lexical search only. `none` turns embeddings off.
+    # Semantic search, fused with BM25: an OpenAI-compatible embeddings endpoint when the URL is set (e.g.
+    # https://api.openai.com/v1); else the offline all-MiniLM-L6-v2 of the `memory` extra when installed; else
+    # lexical search only.
+    memory_semantic: bool = Field(True, description="Use embeddings when a model is available.")
     memory_embeddings_url: str | None = None
-    memory_embeddings_model: str = "all-MiniLM-L6-v2"
+    memory_embeddings_model: str = Field("text-embedding-3-small", description="Model name at the endpoint.")
     memory_embeddings_api_key: str = "not-needed"
 
     host: str = "127.0.0.1"

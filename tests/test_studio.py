@@ -213,3 +213,21 @@ def test_moa_runs_with_proposers_set_in_the_run_context(studio, client, llm):
             ("human", "ideas?"), ("ai", "Both ideas, combined.")]
         assert sorted(p["answer"] for p in result["proposals"]) == ["idea one", "idea two"]
         assert [r["body"]["temperature"] for r in llm.requests() if r["model"] == "p2"] == [0.2]
+
+
+def test_memory_graph_keeps_memories_in_the_studio_store(studio, client, llm):
+    llm.script({"tool_calls": [{"name": "save_memory", "arguments": {"content": "I am learning the cello."}}]},
+               {"text": "Noted."}, {"text": "You are learning the cello."})
+    with studio.log_on_failure():
+        context = {"auto_save": False, "recall": 3}
+        first = client.runs.wait(client.threads.create()["thread_id"], "memory", context=context,
+                                 input={"messages": [{"role": "user", "content": "Remember: I learn the cello."}]},
+                                 raise_error=True)
+        saved = json.loads(first["messages"][2]["content"])["saved"]
+        assert saved["content"] == "I am learning the cello."
+        # A new thread: the memory lives in Studio's store, not in the thread, and is recalled into the prompt.
+        second = client.runs.wait(client.threads.create()["thread_id"], "memory", context=context,
+                                  input={"messages": [{"role": "user", "content": "Which instrument do I learn?"}]},
+                                  raise_error=True)
+        assert second["recalled"][0]["id"] == saved["id"]
+        assert f"[{saved['id']}] I am learning the cello." in llm.requests()[-1]["body"]["messages"][0]["content"]
