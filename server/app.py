@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 
 from ag_ui.core import RunAgentInput
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from adapters.agui.inbound import InputError, user_from_props
 from graphs.llm import close_http_clients
 from server.auth import authenticate, resolve_user
+from server.memory_api import router as memory_router
 from server.persistence import open_persistence
 from server.registry import GraphEntry, compile_all
 from server.runs import prepare_run, stream_run
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         async with open_persistence(settings.database_url) as (checkpointer, store):
             app.state.graphs = compile_all(checkpointer, store)
+            app.state.store = store  # the memory REST API and the graphs share it
             app.state.busy_threads = set()
             for entry in app.state.graphs.values():
                 entry.context_json_schema  # noqa: B018 — build schemas at start-up, not on a request
@@ -46,6 +49,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await close_http_clients()
 
     app = FastAPI(title="loom", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(memory_router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own validation (query parameters, JSON bodies of the REST routes) in loom's error shape."""
+        error = exc.errors()[0]
+        field = _field_path(tuple(p for p in error["loc"] if p not in ("body", "query", "path")))
+        return _error(422, "invalid_input", f"{field}: {error['msg']}", field=field)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -65,6 +77,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         authenticate(request, settings)
         return [{"name": e.name, "description": e.description, "contextSchema": e.context_json_schema}
                 for e in app.state.graphs.values()]
+
+    @app.get("/openwebui/pipe.py")
+    async def openwebui_pipe(request: Request):
+        """The OpenWebUI pipe, its Loom URL the one this request reached. No key needed: it holds none."""
+        from fastapi.responses import PlainTextResponse
+
+        from adapters.openwebui.bundle import render_pipe
+
+        return PlainTextResponse(render_pipe(str(request.base_url)),
+                                 headers={"content-disposition": 'inline; filename="loom_pipe.py"'})
 
     @app.post("/agents/{name}")
     async def run_agent(name: str, request: Request):

@@ -1,4 +1,4 @@
-"""`loom serve` and `loom chat`."""
+"""`loom serve`, `loom chat` and `loom pipe`."""
 
 from __future__ import annotations
 
@@ -73,6 +73,31 @@ def chat(
     finally:
         if local is not None:
             local.stop()
+
+
+@app.command()
+def pipe(
+    url: str = typer.Option(None, help="loom's URL as OpenWebUI reaches it (default: http://LOOM_HOST:LOOM_PORT)."),
+    output: str = typer.Option(None, "--output", "-o", help="Write the file here (default: standard output)."),
+) -> None:
+    """Render the OpenWebUI pipe: one file to paste into OpenWebUI's Admin → Functions."""
+    from pathlib import Path
+
+    from adapters.openwebui.bundle import PipeRenderError, render_pipe
+
+    settings = get_settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # a bind-all address
+    try:
+        text = render_pipe(url or f"http://{host}:{settings.port}")
+    except PipeRenderError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+        Console(stderr=True).print(f"Wrote {output}: paste it into OpenWebUI (Admin → Functions), then set its "
+                                   "API key valve to a proxy key (LOOM_API_KEYS='<key>=proxy').")
 
 
 async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> None:
