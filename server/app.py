@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from adapters.agui.inbound import InputError, user_from_props
+from adapters.openpipe.reporter import Reporter
 from graphs.llm import close_http_clients
 from server.auth import authenticate, resolve_user
 from server.memory_api import router as memory_router
+from server.openpipe_api import router as openpipe_router
 from server.persistence import open_persistence
 from server.registry import GraphEntry, compile_all
 from server.runs import prepare_run, stream_run
@@ -50,12 +52,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # collection, which otherwise cost a fresh server a 110-145 ms pause mid-run (bench/moa.py).
             gc.collect()
             gc.freeze()
-            yield
-            await close_http_clients()
+            reporter = Reporter(settings).start() if settings.openpipe_enabled else None
+            try:
+                yield
+            finally:
+                if reporter is not None:
+                    await reporter.stop()  # flush what is queued, bounded by LOOM_OPENPIPE_FLUSH_SECONDS
+                await close_http_clients()
 
     app = FastAPI(title="loom", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.include_router(memory_router)
+    app.include_router(openpipe_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

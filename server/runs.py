@@ -15,6 +15,8 @@ from ag_ui.core import RunAgentInput
 
 from adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
 from adapters.agui.outbound import RunTranslator
+from adapters.openpipe.reporter import current as openpipe_reporter
+from adapters.openpipe.reporter import opted_out, system_task
 from server.errors import classify
 from server.registry import GraphEntry
 
@@ -42,6 +44,12 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
         "configurable": {"thread_id": run.thread_id, "user_id": user_id},
         "metadata": {"agui_run_id": run.run_id, "user_id": user_id, "graph": entry.name},
     }
+    if (reporter := openpipe_reporter()) is not None and not opted_out(run.forwarded_props):
+        # OpenPipe rides along as a callback: it stores references at model start/end, a background task sends.
+        handler = reporter.handler(graph=entry.name, thread_id=run.thread_id, user_id=user_id, run_id=run.run_id,
+                                   task=system_task(run.forwarded_props))
+        if handler is not None:
+            config["callbacks"] = [handler]
     snapshot = await entry.graph.aget_state(config)
     pending = list(snapshot.interrupts)
     stored = snapshot.values.get("messages", []) if snapshot.values else []

@@ -82,6 +82,22 @@ class Settings(BaseSettings):
     memory_embeddings_model: str = Field("text-embedding-3-small", description="Model name at the endpoint.")
     memory_embeddings_api_key: str = "not-needed"
 
+    # OpenPipe (adapters/openpipe): every chat-model call reported off the request path; datasets from threads.
+    openpipe_enabled: bool = Field(False, description="Report every chat-model call to OpenPipe.")
+    openpipe_api_key: str | None = None
+    openpipe_base_url: str = Field("https://api.openpipe.ai/api/v1", description="OpenPipe API base.")
+    openpipe_timeout: float = Field(10.0, description="Seconds one OpenPipe request may take.")
+    openpipe_report_chat: bool = Field(True, description="Report chat, MoA and memory calls.")
+    openpipe_report_system_tasks: bool = Field(True, description="Report OpenWebUI system tasks (titles, tags).")
+    openpipe_report_tool_interactions: bool = Field(True, description="Report calls that offer or call tools.")
+    openpipe_user_id: str = Field("plain", description="User id in report metadata: plain, hashed or off.")
+    openpipe_metadata: dict[str, str] = Field(default_factory=dict, description="Custom metadata (JSON object).")
+    openpipe_queue_size: int = Field(1000, description="Reports held before the oldest is dropped.")
+    openpipe_batch_size: int = Field(20, description="Reports sent concurrently per batch.")
+    openpipe_max_retries: int = Field(3, description="Retries (backoff with jitter) of one report.")
+    openpipe_flush_seconds: float = Field(5.0, description="Seconds shutdown waits to send what is queued.")
+    openpipe_preference_pairs: bool = Field(True, description="Datasets: regenerated answers as preference pairs.")
+
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -3,7 +3,7 @@ it: `Pipe().pipe(body, __user__=..., __event_emitter__=..., ...)` with a recordi
 `__event_call__` and fake `__tools__`. Also the rendered single file, loaded as OpenWebUI loads it (exec into a
 fresh module), from `GET /openwebui/pipe.py` and from `loom pipe --output`.
 
-What needs a real OpenWebUI (its UI rendering, socket.io events, the functions API) is not tested here.
+What needs a real OpenWebUI (the functions API, socket.io events, UI-mode chats) is in test_openwebui_e2e.py.
 """
 
 from __future__ import annotations
