@@ -12,15 +12,18 @@ import asyncio
 import html
 import json
 
+import httpx
 import pytest
 import socketio
 from letta_client import Letta
 
 from tests.conftest import LoomServer
 from tests.letta_server import LettaServer
+from tests.openpipe_server import OpenPipeServer
 from tests.openwebui_rig import OpenWebUI, install_loom_pipe
 
 PROXY_KEY = "e2e-proxy-key"
+OPENPIPE_KEY = "e2e-openpipe-key"
 LETTA_KEY = "e2e-letta-key"
 # The first test pays for the venv (once per machine) and OpenWebUI's start; these bound hangs, not speed.
 pytestmark = pytest.mark.timeout(1200)
@@ -56,12 +59,21 @@ def letta_srv():
 
 
 @pytest.fixture(scope="module")
-def loom(llm, letta_srv, tmp_path_factory):
+def openpipe():
+    server = OpenPipeServer(OPENPIPE_KEY).start()  # the OpenPipe stand-in of tests/test_openpipe.py
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def loom(llm, letta_srv, openpipe, tmp_path_factory):
     agent_id = Letta(base_url=letta_srv.url, api_key=LETTA_KEY).agents.create(name="loom-e2e").id
     server = LoomServer(tmp_path_factory.mktemp("e2e-loom"), LOOM_LLM_BASE_URL=llm.url,
                         LOOM_API_KEYS=f"{PROXY_KEY}=proxy", LOOM_MEMORY_EMBEDDINGS_URL=llm.url,
                         LOOM_MEMORY_EMBEDDINGS_MODEL="hashed-bow", LOOM_LETTA_BASE_URL=letta_srv.url,
-                        LOOM_LETTA_API_KEY=LETTA_KEY, LOOM_LETTA_AGENT_ID=agent_id).start()
+                        LOOM_LETTA_API_KEY=LETTA_KEY, LOOM_LETTA_AGENT_ID=agent_id,
+                        LOOM_OPENPIPE_ENABLED="true", LOOM_OPENPIPE_API_KEY=OPENPIPE_KEY,
+                        LOOM_OPENPIPE_BASE_URL=openpipe.url).start()
     yield server
     server.stop()
 
@@ -73,6 +85,9 @@ def openwebui(loom, tmp_path_factory):
         server.start()
         print(f"\nOpenWebUI up in {server.startup_seconds:.0f} s at {server.url}")
         install_loom_pipe(server, loom.url, PROXY_KEY)
+        action = httpx.get(f"{loom.url}/openwebui/action.py", timeout=30).text  # as an admin downloads it
+        server.install_function("loom_openpipe", action, {"loom_url": loom.url, "api_key": PROXY_KEY,
+                                                          "dataset": "openwebui-e2e"})
         server.create_tool("weather", WEATHER_TOOL, "Weather")
         yield server
     finally:
@@ -197,3 +212,38 @@ async def test_a_browser_style_chat_is_saved_with_status_history_and_tool_blocks
     history = message["statusHistory"]
     assert history[-1]["done"] is True and history[-1]["description"].startswith("2 tool calls · ")
     assert any((e.get("data") or {}).get("type") == "status" for e in events)
+
+
+async def test_the_openpipe_action_sends_the_chat_to_a_dataset(openwebui, llm, openpipe):
+    """The Action button, as the browser presses it under an answer: the chat's thread reaches the dataset."""
+    llm.script({"text": "Paris is the capital of France."})
+    message, _ = await openwebui.ui_chat("loom.agent", "What is the capital of France?")
+    assert not message.get("error"), message
+    events: list[dict] = []
+    client = socketio.AsyncClient(reconnection=False)  # the browser's session: where the Action's toast goes
+
+    @client.on("events")
+    async def on_event(payload):
+        events.append(payload.get("data") or {})
+
+    await client.connect(openwebui.url, socketio_path="/ws/socket.io", transports=["websocket"],
+                         auth={"token": openwebui.token}, wait_timeout=30)
+    try:
+        await client.call("user-join", {"auth": {"token": openwebui.token}}, timeout=30)
+        body = {"model": "loom.agent", "chat_id": message["chat_id"], "id": message["id"],
+                "session_id": client.get_sid("/"),
+                "messages": [{"role": "user", "content": "What is the capital of France?"},
+                             {"role": "assistant", "content": message["content"]}]}
+        await asyncio.to_thread(openwebui.call, "POST", "/api/chat/actions/loom_openpipe", body)
+        for _ in range(50):  # the notification travels over the socket after the call returns
+            if any(e.get("type") == "notification" for e in events):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await client.disconnect()
+    [entry] = openpipe.entries("openwebui-e2e")
+    assert entry["split"] == "TRAIN"
+    assert [(m["role"], m["content"]) for m in entry["messages"]] == [
+        ("user", "What is the capital of France?"), ("assistant", "Paris is the capital of France.")]
+    [toast] = [e["data"] for e in events if e.get("type") == "notification"]
+    assert toast["type"] == "success" and "openwebui-e2e" in toast["content"]
