@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Annotated, Any
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
@@ -18,6 +17,15 @@ from pydantic import Field
 
 from graphs.context import BaseContext, client_context_prompt
 from graphs.llm import chat_model, is_demo_model
+from graphs.toolloop import (
+    after_tools,
+    answered_history,
+    frontend_names,
+    offered_tools,
+    run_tool,
+    tool_result,
+    turn_iterations,
+)
 from graphs.tools import all_tools, needs_confirmation
 from server.settings import get_settings
 
@@ -57,45 +65,6 @@ def _backend_schemas(extra_tools: str) -> tuple[dict, ...]:
     # Converting tools to OpenAI schemas on every model call was measurable per run; do it once.
     return tuple(convert_to_openai_tool(t) for t in all_tools(extra_tools).values())
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def turn_iterations(messages: list[AnyMessage]) -> int:
-    """Model calls since the last user message (the iteration bound is per user turn)."""
-    count = 0
-    for message in reversed(messages):
-        if isinstance(message, HumanMessage):
-            break
-        count += isinstance(message, AIMessage)
-    return count
-
-
-def answered_history(messages: list[AnyMessage]) -> list[AnyMessage]:
-    """The history with a placeholder result for any tool call the client never answered.
-
-    OpenAI-compatible servers reject a tool call without a result; this happens when a user writes a new
-    message instead of running a pending frontend tool. The checkpoint itself stays as it was.
-    """
-    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
-    out: list[AnyMessage] = []
-    for message in messages:
-        out.append(message)
-        if isinstance(message, AIMessage):
-            for call in message.tool_calls:
-                if call["id"] not in answered:
-                    out.append(ToolMessage("The tool was not run: no result came back.", tool_call_id=call["id"],
-                                           status="error"))
-    return out
-
-
-def frontend_schemas(ctx: Context) -> list[dict[str, Any]]:
-    return [
-        {"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
-                                          "parameters": t.get("parameters") or {"type": "object", "properties": {}}}}
-        for t in ctx.frontend_tools
-    ]
-
-
 # ------------------------------------------------------------------------------------------------- nodes
 
 
@@ -104,10 +73,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
     model = chat_model(ctx.model)
-    frontend = frontend_schemas(ctx)
-    shadowed = {t["function"]["name"] for t in frontend}  # the client's own tool of the same name wins
-    backend = [t for t in _backend_schemas(get_settings().extra_tools) if t["function"]["name"] not in shadowed]
-    tools = [*backend, *frontend]
+    tools = offered_tools(_backend_schemas(get_settings().extra_tools), ctx)
 
     if turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."
@@ -126,7 +92,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
 async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
     """Run the server-side calls of the last model turn concurrently, each under a timeout."""
     ctx = runtime.context or Context()
-    frontend = {t["name"] for t in ctx.frontend_tools}
+    frontend = frontend_names(ctx)
     calls = [c for c in state["messages"][-1].tool_calls if c["name"] not in frontend]
     backend = backend_tools()
 
@@ -138,25 +104,13 @@ async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
         decisions = interrupt({"interrupts": [_confirmation_request(c) for c in to_confirm]})
 
     async def run(call: dict) -> ToolMessage:
-        def result(content: str, status: str = "success") -> ToolMessage:
-            return ToolMessage(content, tool_call_id=call["id"], name=call["name"], status=status,
-                               id=str(uuid.uuid4()))
-
-        tool_ = backend.get(call["name"])
-        if tool_ is None:
-            return result(f"Error: there is no tool named {call['name']!r}.", "error")
         decision = decisions.get(call["id"])
         if decision is not None and not _approved(decision):
             payload = decision.get("payload")
             reason = payload.get("reason") if isinstance(payload, dict) else None
-            return result("The user rejected this tool call." + (f" Reason: {reason}" if reason else ""), "error")
-        try:
-            output = await asyncio.wait_for(tool_.ainvoke(call["args"]), ctx.tool_timeout)
-        except TimeoutError:
-            return result(f"Error: {call['name']} did not finish within {ctx.tool_timeout:g} s.", "error")
-        except Exception as exc:  # a failing tool is information for the model, not a failed run
-            return result(f"Error: {type(exc).__name__}: {exc}", "error")
-        return result(output if isinstance(output, str) else json.dumps(output, default=str))
+            return tool_result(call, "The user rejected this tool call." + (f" Reason: {reason}" if reason else ""),
+                               "error")
+        return await run_tool(backend.get(call["name"]), call, ctx.tool_timeout)
 
     return {"messages": list(await asyncio.gather(*(run(c) for c in calls)))}
 
@@ -186,18 +140,9 @@ def _approved(decision: dict) -> bool:
 
 
 def after_model(state: State, runtime: Runtime[Context]) -> str:
-    ctx = runtime.context or Context()
-    frontend = {t["name"] for t in ctx.frontend_tools}
+    frontend = frontend_names(runtime.context or Context())
     calls = getattr(state["messages"][-1], "tool_calls", None) or []
     return "dispatch_tools" if any(c["name"] not in frontend for c in calls) else END
-
-
-def after_tools(state: State, runtime: Runtime[Context]) -> str:
-    """Back to the model, unless frontend calls are pending: then the run ends and the client runs them."""
-    ctx = runtime.context or Context()
-    frontend = {t["name"] for t in ctx.frontend_tools}
-    last_ai = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))
-    return END if any(c["name"] in frontend for c in last_ai.tool_calls) else "call_model"
 
 
 builder = StateGraph(State, context_schema=Context)

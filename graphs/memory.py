@@ -21,11 +21,10 @@ import asyncio
 import json
 import logging
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, NotRequired
 
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.constants import TAG_NOSTREAM
@@ -33,10 +32,10 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime, get_runtime
 from pydantic import Field
 
-from graphs.agent import answered_history, frontend_schemas, turn_iterations
 from graphs.context import BaseContext, client_context_prompt
 from graphs.llm import chat_model, is_demo_model
 from graphs.memory_store import MemorySearchDisabled, MemoryStoreError, memory_backend
+from graphs.toolloop import after_tools, answered_history, frontend_names, offered_tools, run_tool, turn_iterations
 from server.settings import get_settings
 
 log = logging.getLogger("loom.memory")
@@ -174,9 +173,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     system = SystemMessage(ctx.system_prompt + _memory_prompt(state.get("recalled") or [])
                            + client_context_prompt(ctx.client_context))
     model = chat_model(ctx.model)
-    frontend = frontend_schemas(ctx)
-    shadowed = {t["function"]["name"] for t in frontend}  # the client's own tool of the same name wins
-    tools = [*(t for t in TOOL_SCHEMAS if t["function"]["name"] not in shadowed), *frontend]
+    tools = offered_tools(TOOL_SCHEMAS, ctx)
     if turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."
         bound = model
@@ -194,27 +191,11 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
 async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
     """Run the memory tool calls of the last model turn concurrently, each under a timeout."""
     ctx = runtime.context or Context()
-    frontend = {t["name"] for t in ctx.frontend_tools}
+    frontend = frontend_names(ctx)
     calls = [c for c in state["messages"][-1].tool_calls if c["name"] not in frontend]
-
-    async def run(call: dict) -> ToolMessage:
-        def result(content: str, status: str = "success") -> ToolMessage:
-            return ToolMessage(content, tool_call_id=call["id"], name=call["name"], status=status,
-                               id=str(uuid.uuid4()))
-
-        tool_ = TOOLS.get(call["name"])
-        if tool_ is None:
-            return result(f"Error: there is no tool named {call['name']!r}.", "error")
-        try:
-            return result(await asyncio.wait_for(tool_.ainvoke(call["args"]), ctx.tool_timeout))
-        except TimeoutError:
-            return result(f"Error: {call['name']} did not finish within {ctx.tool_timeout:g} s.", "error")
-        except MemoryStoreError as exc:  # a limit or a missing id: the model can tell the user
-            return result(f"Error: {exc.message}", "error")
-        except Exception as exc:  # a failing tool is information for the model, not a failed run
-            return result(f"Error: {type(exc).__name__}: {exc}", "error")
-
-    return {"messages": list(await asyncio.gather(*(run(c) for c in calls)))}
+    # A limit or a missing id (MemoryStoreError) is written for people: the model can tell the user.
+    results = [run_tool(TOOLS.get(c["name"]), c, ctx.tool_timeout, plain_errors=(MemoryStoreError,)) for c in calls]
+    return {"messages": list(await asyncio.gather(*results))}
 
 
 def _parse_facts(text: str) -> list[str]:
@@ -269,7 +250,7 @@ def _saved_this_turn(state: State) -> bool:
 
 def after_model(state: State, runtime: Runtime[Context]) -> str:
     ctx = runtime.context or Context()
-    frontend = {t["name"] for t in ctx.frontend_tools}
+    frontend = frontend_names(ctx)
     calls = getattr(state["messages"][-1], "tool_calls", None) or []
     if any(c["name"] not in frontend for c in calls):
         return "dispatch_tools"
@@ -277,13 +258,6 @@ def after_model(state: State, runtime: Runtime[Context]) -> str:
         return END
     # The model already wrote to memory this turn: a second opinion on the same message would duplicate it.
     return "autosave" if ctx.auto_save and not _saved_this_turn(state) else END
-
-
-def after_tools(state: State, runtime: Runtime[Context]) -> str:
-    ctx = runtime.context or Context()
-    frontend = {t["name"] for t in ctx.frontend_tools}
-    last_ai = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))
-    return END if any(c["name"] in frontend for c in last_ai.tool_calls) else "call_model"
 
 
 builder = StateGraph(State, context_schema=Context)
