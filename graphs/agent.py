@@ -13,11 +13,10 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
-from pydantic import Field
-
-from graphs.context import BaseContext, client_context_prompt
-from graphs.llm import chat_model, is_demo_model
-from graphs.toolloop import (
+from loom.graphs.config import graph_settings
+from loom.graphs.context import BaseContext, client_context_prompt
+from loom.graphs.llm import chat_model, is_demo_model
+from loom.graphs.toolloop import (
     after_tools,
     answered_history,
     frontend_names,
@@ -26,8 +25,8 @@ from graphs.toolloop import (
     tool_result,
     turn_iterations,
 )
-from graphs.tools import all_tools, needs_confirmation
-from server.settings import get_settings
+from loom.graphs.tools import all_tools, needs_confirmation
+from pydantic import Field
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Use the tools when they give a more reliable answer than you could "
@@ -57,7 +56,7 @@ class State(MessagesState):
 
 
 def backend_tools() -> dict:
-    return all_tools(get_settings().extra_tools)
+    return all_tools(graph_settings().extra_tools)
 
 
 @lru_cache
@@ -73,7 +72,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
     model = chat_model(ctx.model)
-    tools = offered_tools(_backend_schemas(get_settings().extra_tools), ctx)
+    tools = offered_tools(_backend_schemas(graph_settings().extra_tools), ctx)
 
     if turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."

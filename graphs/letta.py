@@ -28,14 +28,13 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
+from loom.adapters.letta.chat_model import LettaChatModel
+from loom.adapters.letta.client import create_conversation, letta, otid, send_turn
+from loom.adapters.letta.config import letta_settings
+from loom.adapters.letta.errors import LettaAgentNotFound, LettaNotFound, LettaStreamError
+from loom.adapters.letta.stream import LettaTurn, unpark
+from loom.graphs.context import BaseContext
 from pydantic import Field
-
-from adapters.letta.chat_model import LettaChatModel
-from adapters.letta.client import create_conversation, letta, otid, send_turn
-from adapters.letta.errors import LettaAgentNotFound, LettaNotFound, LettaStreamError
-from adapters.letta.stream import LettaTurn, unpark
-from graphs.context import BaseContext
-from server.settings import get_settings
 
 # ------------------------------------------------------------------------------------------------- context
 
@@ -118,7 +117,7 @@ def _approved(decision: dict) -> tuple[bool, str | None]:
 async def send(state: State, runtime: Runtime[Context]) -> dict:
     """Post the new input to this thread's Letta conversation and keep the answer's stream open for `read`."""
     ctx = runtime.context or Context()
-    settings = get_settings()
+    settings = letta_settings()
     agent_id = ctx.agent_id or settings.letta_agent_id or ""
     client = letta()
     update: dict[str, Any] = {"letta_outbox": None}

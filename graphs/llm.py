@@ -10,11 +10,15 @@ from typing import Any
 import openai
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
+from loom.graphs.config import graph_settings
 from openai._base_client import make_request_options
 from pydantic import model_validator
 
-from server.local_llm import DEMO_STOP
-from server.settings import get_settings
+# The embedded demo model (server/local_llm.py) is a base model with no turn structure of its own: it
+# continues the transcript until stopped client-side.
+# llama.cpp ignores `stop` when tools are in the request (the tool grammar ends generation there instead).
+# It also imitates the template's other speakers ("Tool result:") and lower-cased ones.
+DEMO_STOP: list[str] = ["\nUser:", "\n\n", "\nTool result:", "\nuser:", "\nAssistant:"]
 
 # The demo model ignores `stop` inside a forced tool call and can run on to the token limit.
 DEMO_MAX_TOKENS = 256
@@ -94,7 +98,7 @@ def _http_client() -> Any:
     """
     loop = asyncio.get_running_loop()
     if loop not in _http_clients:
-        _http_clients[loop] = openai.DefaultAioHttpClient(timeout=get_settings().llm_timeout)
+        _http_clients[loop] = openai.DefaultAioHttpClient(timeout=graph_settings().llm_timeout)
     return _http_clients[loop]
 
 
@@ -117,7 +121,7 @@ def chat_model(model: str | None = None, temperature: float | None = None, max_t
 @lru_cache(maxsize=64)
 def _chat_model(model: str | None, temperature: float | None, max_tokens: int | None, max_retries: int | None,
                 http_client: Any) -> ChatModel:
-    settings = get_settings()
+    settings = graph_settings()
     if settings.demo_model:  # deterministic and bounded: the tiny model wanders otherwise
         max_tokens = max_tokens or DEMO_MAX_TOKENS
         temperature = 0.0 if temperature is None else temperature
@@ -137,4 +141,4 @@ def _chat_model(model: str | None, temperature: float | None, max_tokens: int | 
 
 
 def is_demo_model() -> bool:
-    return get_settings().demo_model
+    return graph_settings().demo_model

@@ -30,13 +30,13 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime, get_runtime
+from loom.graphs.config import graph_settings
+from loom.graphs.context import BaseContext, client_context_prompt
+from loom.graphs.llm import chat_model, is_demo_model
+from loom.graphs.memory_backend import memory_backend
+from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
+from loom.graphs.toolloop import after_tools, answered_history, frontend_names, offered_tools, run_tool, turn_iterations
 from pydantic import Field
-
-from graphs.context import BaseContext, client_context_prompt
-from graphs.llm import chat_model, is_demo_model
-from graphs.memory_store import MemorySearchDisabled, MemoryStoreError, memory_backend
-from graphs.toolloop import after_tools, answered_history, frontend_names, offered_tools, run_tool, turn_iterations
-from server.settings import get_settings
 
 log = logging.getLogger("loom.memory")
 
@@ -134,7 +134,7 @@ WRITE_TOOLS = {"save_memory", "update_memory", "delete_memory"}
 
 
 def _recall_count(ctx: Context) -> int:
-    return get_settings().memory_recall if ctx.recall is None else ctx.recall
+    return graph_settings().memory_recall if ctx.recall is None else ctx.recall
 
 
 async def recall(state: State, runtime: Runtime[Context]) -> dict:

@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
+from loom.graphs.config import graph_settings
 
 log = logging.getLogger("loom.memory")
 
@@ -263,9 +264,7 @@ class EndpointEmbedder:
 
 def embedder() -> Embedder | None:
     """The configured embedder, one per process; None means lexical search only."""
-    from server.settings import get_settings
-
-    s = get_settings()
+    s = graph_settings()
     return _embedder(s.memory_semantic, s.memory_embeddings_url, s.memory_embeddings_model,
                      s.memory_embeddings_api_key, s.llm_timeout)
 

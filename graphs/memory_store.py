@@ -6,7 +6,7 @@ authenticated key, so isolation holds as long as callers pass that id through un
 
 Backends: `store` (default: `graphs.memory_store_backend.StoreMemoryBackend`, LangGraph's store — SQLite, or
 PostgreSQL from LOOM_DATABASE_URL) and `letta` (`adapters.letta.memory.LettaMemoryBackend`, a Letta agent's
-archival memory). Pick one with `memory_backend(store)`; both enforce the same limits through `MemoryLimits` (a
+archival memory). `memory_backend.py` picks one; both enforce the same limits through `MemoryLimits` (a
 backend's constructor takes one: `StoreMemoryBackend(store, limits)`, `LettaMemoryBackend(limits)`).
 """
 
@@ -16,6 +16,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
+
+from loom.graphs.config import graph_settings
 
 MAX_PAGE = 100  # list() never returns more than this many memories at once
 
@@ -100,9 +102,7 @@ class MemoryLimits:
 
     @classmethod
     def from_settings(cls) -> MemoryLimits:
-        from server.settings import get_settings  # settings live in server/; graphs only read them
-
-        s = get_settings()
+        s = graph_settings()
         return cls(max_per_user=s.memory_max_per_user, max_length=s.memory_max_length,
                    search_enabled=s.memory_search)
 
@@ -192,21 +192,3 @@ class MemoryBackend(Protocol):
     async def delete(self, user_id: str, memory_id: str) -> None:
         """Remove one memory. MemoryNotFound if it does not exist for this user."""
         ...
-
-
-def memory_backend(store: Any = None, name: str | None = None) -> MemoryBackend:
-    """The configured backend (LOOM_MEMORY_BACKEND: `store` or `letta`). `store` needs a LangGraph BaseStore."""
-    from server.settings import get_settings
-
-    name = name or get_settings().memory_backend
-    if name == "letta":
-        from adapters.letta.memory import LettaMemoryBackend  # lazy: letta-client is only needed for this
-
-        return LettaMemoryBackend(MemoryLimits.from_settings())
-    if name != "store":
-        raise MemoryStoreError(f"LOOM_MEMORY_BACKEND must be 'store' or 'letta', got {name!r}")
-    if store is None:
-        raise MemoryBackendUnavailable("the memory graph needs a store (run it through loom or langgraph dev)")
-    from graphs.memory_store_backend import StoreMemoryBackend
-
-    return StoreMemoryBackend(store, MemoryLimits.from_settings())

@@ -27,9 +27,8 @@ from dataclasses import replace
 from typing import Any
 
 from langgraph.store.base import PutOp
-
-from graphs.memory_search import MIN_SIMILARITY, SEMANTIC_CANDIDATES, UserIndex, embedder, pack, ranked, rrf
-from graphs.memory_store import (
+from loom.graphs.memory_search import MIN_SIMILARITY, SEMANTIC_CANDIDATES, UserIndex, embedder, pack, ranked, rrf
+from loom.graphs.memory_store import (
     Memory,
     MemoryLimitExceeded,
     MemoryLimits,

@@ -33,14 +33,13 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
+from loom.graphs.config import graph_settings
+from loom.graphs.context import BaseContext, client_context_prompt
+from loom.graphs.errors import classify
+from loom.graphs.llm import chat_model
 from pydantic import Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 from typing_extensions import TypedDict  # not typing's: pydantic (Studio's schemas) needs this before 3.12
-
-from graphs.context import BaseContext, client_context_prompt
-from graphs.llm import chat_model
-from server.errors import classify
-from server.settings import get_settings
 
 PROPOSER_EVENT, LAYER_EVENT, FALLBACK_EVENT = "loom.moa.proposer", "loom.moa.layer", "loom.moa.fallback"
 
@@ -277,7 +276,7 @@ def fan_out(state: State, runtime: Runtime[Context]) -> list[Send] | str:
         return "aggregate"
     ctx = runtime.context or Context()
     prompt = _prompt(state["messages"], ctx, _answers(state["proposals"], layer - 1))
-    default_model = get_settings().llm_model
+    default_model = graph_settings().llm_model
     return [Send("propose", {"layer": layer, "index": i, "model": ctx.proposers[i].model or default_model,
                              "temperature": ctx.proposers[i].temperature, "prompt": prompt})
             for i in _selected(ctx, layer)]

@@ -15,8 +15,7 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMes
 from langchain_core.tools import BaseTool
 from langgraph.graph import END
 from langgraph.runtime import Runtime
-
-from graphs.context import BaseContext
+from loom.graphs.context import BaseContext
 
 
 def turn_iterations(messages: list[AnyMessage]) -> int:

@@ -11,19 +11,18 @@ from ag_ui.core import RunAgentInput
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from loom.adapters.agui.inbound import InputError, user_from_props
+from loom.adapters.openpipe.reporter import Reporter
+from loom.graphs.llm import close_http_clients
+from loom.server.auth import authenticate, resolve_user
+from loom.server.memory_api import router as memory_router
+from loom.server.openpipe_api import router as openpipe_router
+from loom.server.persistence import open_persistence
+from loom.server.registry import GraphEntry, compile_all
+from loom.server.runs import prepare_run, stream_run
+from loom.server.settings import Settings, get_settings
+from loom.server.sse import EventStreamResponse
 from pydantic import ValidationError
-
-from adapters.agui.inbound import InputError, user_from_props
-from adapters.openpipe.reporter import Reporter
-from graphs.llm import close_http_clients
-from server.auth import authenticate, resolve_user
-from server.memory_api import router as memory_router
-from server.openpipe_api import router as openpipe_router
-from server.persistence import open_persistence
-from server.registry import GraphEntry, compile_all
-from server.runs import prepare_run, stream_run
-from server.settings import Settings, get_settings
-from server.sse import EventStreamResponse
 
 log = logging.getLogger("loom.server")
 
@@ -95,8 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def openwebui_pipe(request: Request):
         """The OpenWebUI pipe, its Loom URL the one this request reached. No key needed: it holds none."""
         from fastapi.responses import PlainTextResponse
-
-        from adapters.openwebui.bundle import render_pipe
+        from loom.adapters.openwebui.bundle import render_pipe
 
         return PlainTextResponse(render_pipe(str(request.base_url)),
                                  headers={"content-disposition": 'inline; filename="loom_pipe.py"'})

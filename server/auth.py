@@ -7,8 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
-
-from server.settings import Settings
+from loom.server.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,8 @@ import os
 import uuid
 
 import typer
+from loom.server.settings import get_settings, reload_settings
 from rich.console import Console
-
-from server.settings import get_settings
 
 app = typer.Typer(help="loom: LangGraph agents as AG-UI endpoints and OpenWebUI models.", no_args_is_help=True)
 console = Console()
@@ -22,7 +21,7 @@ def _use_demo_model_if_unconfigured() -> object | None:
     settings = get_settings()
     if not settings.uses_demo_model:
         return None
-    from server.local_llm import LocalModelUnavailable, start_local_llm
+    from loom.server.local_llm import LocalModelUnavailable, start_local_llm
 
     try:
         local = start_local_llm(port=settings.local_llm_port, threads=settings.local_llm_threads)
@@ -30,7 +29,7 @@ def _use_demo_model_if_unconfigured() -> object | None:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     os.environ.update(LOOM_LLM_BASE_URL=local.base_url, LOOM_LLM_MODEL=local.model, LOOM_DEMO_MODEL="true")
-    get_settings.cache_clear()
+    reload_settings()
     return local
 
 
@@ -48,7 +47,7 @@ def serve(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     local = _use_demo_model_if_unconfigured()
     settings = get_settings()
-    from server.app import create_app
+    from loom.server.app import create_app
 
     try:
         uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
@@ -83,7 +82,7 @@ def pipe(
     """Render the OpenWebUI pipe: one file to paste into OpenWebUI's Admin → Functions."""
     from pathlib import Path
 
-    from adapters.openwebui.bundle import PipeRenderError, render_pipe
+    from loom.adapters.openwebui.bundle import PipeRenderError, render_pipe
 
     settings = get_settings()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # a bind-all address
@@ -102,11 +101,10 @@ def pipe(
 
 async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> None:
     from ag_ui.core import RunAgentInput
-
-    from graphs.llm import close_http_clients
-    from server.persistence import open_persistence
-    from server.registry import compile_all
-    from server.runs import prepare_run, stream_run
+    from loom.graphs.llm import close_http_clients
+    from loom.server.persistence import open_persistence
+    from loom.server.registry import compile_all
+    from loom.server.runs import prepare_run, stream_run
 
     settings = get_settings()
     async with open_persistence(settings.database_url) as (checkpointer, store):
@@ -116,7 +114,7 @@ async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> 
             raise typer.Exit(2)
         entry = graphs[graph]
         history = (await entry.graph.aget_state({"configurable": {"thread_id": thread_id}})).values
-        from adapters.agui.messages import to_agui
+        from loom.adapters.agui.messages import to_agui
 
         new_turn = {"id": str(uuid.uuid4()), "role": "user", "content": message}
         messages = [*to_agui(history.get("messages", [])), new_turn]

@@ -14,15 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-
-from server.settings import DEMO_MODEL
+from loom.graphs.config import DEMO_MODEL
 
 log = logging.getLogger("loom.local_llm")
-
-# The base model has no turn structure of its own; it continues the transcript until stopped client-side.
-# llama.cpp ignores `stop` when tools are in the request (the tool grammar ends generation there instead).
-# It also imitates the template's other speakers ("Tool result:") and lower-cased ones.
-DEMO_STOP: list[str] = ["\nUser:", "\n\n", "\nTool result:", "\nuser:", "\nAssistant:"]
 
 # Server-side default for max_tokens (a request's own max_tokens overrides it). A forced tool call can run
 # on inside a string argument, `stop` does not apply then, and the single slot serves one request at a time.

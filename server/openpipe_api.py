@@ -16,12 +16,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
+from loom.adapters.openpipe.client import OpenPipeAuthError, OpenPipeClient, OpenPipeError
+from loom.adapters.openpipe.datasets import thread_entries
+from loom.adapters.openpipe.reporter import current
+from loom.server.memory_api import _user
 from pydantic import BaseModel, Field
-
-from adapters.openpipe.client import OpenPipeAuthError, OpenPipeClient, OpenPipeError
-from adapters.openpipe.datasets import thread_entries
-from adapters.openpipe.reporter import current
-from server.memory_api import _user
 
 router = APIRouter(tags=["openpipe"])
 
@@ -93,7 +92,7 @@ async def openpipe_status(request: Request, user_id: str = Depends(_user)) -> di
 @router.get("/openwebui/action.py")
 async def openwebui_action(request: Request):
     """The OpenWebUI Action, its loom URL the one this request reached. It holds no key."""
-    from adapters.openwebui.action import render_action
+    from loom.adapters.openwebui.action import render_action
 
     return PlainTextResponse(render_action(str(request.base_url)),
                              headers={"content-disposition": 'inline; filename="loom_openpipe_action.py"'})

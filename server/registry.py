@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import importlib.util
+import inspect
 import json
+import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph, StateGraph
+from langgraph.pregel import Pregel
+from loom.graphs.context import SERVER_FIELDS
 from pydantic import TypeAdapter
-
-from graphs.context import SERVER_FIELDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,29 +54,80 @@ class GraphEntry:
 
 
 def registry_path() -> Path:
+    """LOOM_GRAPHS, else ./langgraph.json, else the one beside loom's own graphs (an editable checkout)."""
+    if configured := os.environ.get("LOOM_GRAPHS"):
+        return Path(configured)
     local = Path.cwd() / "langgraph.json"
     return local if local.exists() else REPO_ROOT / "langgraph.json"
+
+
+class GraphLoadError(RuntimeError):
+    """A graph listed in langgraph.json cannot be loaded; the message names the graph and the cause."""
 
 
 def load_builders(path: Path | None = None) -> dict[str, tuple[StateGraph, str, dict]]:
     """name -> (builder, description, run config) for every graph in langgraph.json.
 
-    The run config is the one the module's exported graph carries (e.g. `.with_config(recursion_limit=...)`),
-    so Studio and loom run a graph with the same settings.
+    A graph is named as LangGraph's own server names it, `./path/file.py:attr`, relative to the file; `attr` is
+    a compiled graph, a StateGraph or a factory returning either. The run config is the one the exported graph
+    carries (e.g. `.with_config(recursion_limit=...)`), so Studio and loom run a graph with the same settings.
     """
-    path = path or registry_path()
-    spec = json.loads(path.read_text())
+    path = (path or registry_path()).resolve()
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GraphLoadError(f"cannot read the graph registry {path}: {exc}") from exc
+    for dependency in spec.get("dependencies", []):  # local packages the graphs import, as `langgraph dev` does
+        folder = str((path.parent / dependency).resolve())
+        if Path(folder).is_dir() and folder not in sys.path:
+            sys.path.append(folder)
     out: dict[str, tuple[StateGraph, str, dict]] = {}
     for name, target in spec["graphs"].items():
-        file, _, attr = (target["path"] if isinstance(target, dict) else target).partition(":")
-        module_name = ".".join(Path(file).with_suffix("").parts).lstrip(".")
-        module = importlib.import_module(module_name)
+        where = target["path"] if isinstance(target, dict) else target
+        try:
+            module, exported = _load(path.parent, where)
+        except Exception as exc:
+            raise GraphLoadError(f"graph {name!r} ({where}) failed to load: {type(exc).__name__}: {exc}") from exc
         description = (module.__doc__ or name).strip().splitlines()[0]
         if isinstance(target, dict) and target.get("description"):
             description = target["description"]
-        exported = getattr(module, attr or "graph", None)
-        out[name] = (module.builder, description, dict(getattr(exported, "config", None) or {}))
+        builder = exported if isinstance(exported, StateGraph) else exported.builder
+        out[name] = (builder, description, dict(getattr(exported, "config", None) or {}))
     return out
+
+
+def _load(root: Path, where: str) -> tuple[ModuleType, Any]:
+    file, _, attr = where.partition(":")
+    module = _import_file((root / file).resolve())
+    exported = getattr(module, attr or "graph")
+    if callable(exported) and not isinstance(exported, (StateGraph, Pregel)):  # a factory
+        exported = exported(*([{}] if inspect.signature(exported).parameters else []))
+    if not isinstance(exported, (StateGraph, Pregel)) or not isinstance(getattr(exported, "builder", exported),
+                                                                        StateGraph):
+        raise TypeError(f"{where} is a {type(exported).__name__}, not a compiled graph, StateGraph or factory")
+    return module, exported
+
+
+def _import_file(file: Path) -> ModuleType:
+    """Import a graph's file; loom's own modules by their package name, so each is loaded once."""
+    for package in ("loom.graphs", "loom.adapters"):
+        folder = Path(importlib.import_module(package).__path__[0]).resolve()
+        if file.is_relative_to(folder):
+            return importlib.import_module(".".join([package, *file.relative_to(folder).with_suffix("").parts]))
+    name = "loom_user_graph_" + hashlib.sha256(str(file).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no Python module at {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def compile_all(checkpointer, store, path: Path | None = None) -> dict[str, GraphEntry]:

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ag_ui.core import RunAgentInput
-
-from adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
-from adapters.agui.outbound import RunTranslator
-from adapters.openpipe.reporter import current as openpipe_reporter
-from adapters.openpipe.reporter import opted_out, system_task
-from server.errors import classify
-from server.registry import GraphEntry
+from loom.adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
+from loom.adapters.agui.outbound import RunTranslator
+from loom.adapters.openpipe.reporter import current as openpipe_reporter
+from loom.adapters.openpipe.reporter import opted_out, system_task
+from loom.graphs.errors import classify
+from loom.server.registry import GraphEntry
 
 log = logging.getLogger("loom.run")
 

@@ -7,10 +7,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
+from loom.adapters.letta.config import LettaSettings, letta_settings
+from loom.graphs.config import GraphSettings, graph_settings
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-DEMO_MODEL = "gemma-3-270m"
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 
 @dataclass(frozen=True)
@@ -43,44 +43,14 @@ def parse_api_keys(raw: str | list) -> list[ApiKey]:
     return keys
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore")
+class Settings(GraphSettings, LettaSettings):
+    """The server's settings: the graphs' and Letta's own (LLM, memory, Letta) plus serving, keys and OpenPipe."""
 
-    # The OpenAI-compatible endpoint every graph uses. Unset: `loom serve` starts the embedded demo model.
-    llm_base_url: str | None = None
-    llm_api_key: str = "not-needed"
-    llm_model: str = DEMO_MODEL
-    llm_timeout: float = Field(60.0, description="Seconds before one LLM request times out.")
-    llm_max_retries: int = Field(2, description="Retries (exponential backoff with jitter) before any token.")
+    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore")
 
     database_url: str = Field("sqlite:///./.loom/loom.db", description="sqlite:///path or postgresql://…")
 
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
-
-    extra_tools: str = Field("", description="Comma-separated modules whose TOOLS list the agent graph adds.")
-
-    # Letta (graphs/letta.py, adapters/letta): the REST server the `letta` graph and the letta memory backend use.
-    letta_base_url: str = Field("http://localhost:8283", description="Letta server (Letta Cloud: api.letta.com).")
-    letta_api_key: str | None = None
-    letta_agent_id: str | None = Field(None, description="Agent of the `letta` graph unless the context names one.")
-    letta_timeout: float = Field(120.0, description="Seconds of silence before a Letta request fails (pings: 30 s).")
-    letta_max_retries: int = Field(3, description="Retries (backoff with jitter) before a Letta response starts.")
-    letta_memory_model: str = Field("openai/gpt-4o-mini", description="Model of the per-user memory agents.")
-    letta_memory_embedding: str = Field("openai/text-embedding-3-small", description="Their embedding model.")
-
-    # Long-term memory (graphs/memory_store.py). Limits answer with an error naming the setting.
-    memory_backend: str = Field("store", description="store (LangGraph store: SQLite/PostgreSQL) or letta.")
-    memory_max_per_user: int = Field(1000, description="Memories one user may keep.")
-    memory_max_length: int = Field(2000, description="Characters in one memory.")
-    memory_search: bool = Field(True, description="Whether search (REST, tools, recall) is available.")
-    memory_recall: int = Field(5, description="Memories recalled into each `memory` turn by default.")
-    # Semantic search, fused with BM25: an OpenAI-compatible embeddings endpoint when the URL is set (e.g.
-    # https://api.openai.com/v1); else the offline all-MiniLM-L6-v2 of the `memory` extra when installed; else
-    # lexical search only.
-    memory_semantic: bool = Field(True, description="Use embeddings when a model is available.")
-    memory_embeddings_url: str | None = None
-    memory_embeddings_model: str = Field("text-embedding-3-small", description="Model name at the endpoint.")
-    memory_embeddings_api_key: str = "not-needed"
 
     # OpenPipe (adapters/openpipe): every chat-model call reported off the request path; datasets from threads.
     openpipe_enabled: bool = Field(False, description="Report every chat-model call to OpenPipe.")
@@ -106,9 +76,7 @@ class Settings(BaseSettings):
     max_messages: int = 500
     max_tools: int = 128
 
-    # Embedded demo model (used only when llm_base_url is unset). `demo_model` is set by `loom serve` when
-    # it started that model, so graphs apply its quirks (plain template, stop strings, forced tool choice).
-    demo_model: bool = False
+    # Embedded demo model (used only when llm_base_url is unset).
     local_llm_port: int = 0
     local_llm_threads: int = 2
 
@@ -132,3 +100,10 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def reload_settings() -> Settings:
+    """Read the environment again, for the server and for what the graphs and adapters read themselves."""
+    for cached in (get_settings, graph_settings, letta_settings):
+        cached.cache_clear()
+    return get_settings()

@@ -9,8 +9,7 @@ from ag_ui.core import RunAgentInput
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, ToolMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from langgraph.types import Interrupt
-
-from adapters.agui.inbound import (
+from loom.adapters.agui.inbound import (
     InputError,
     graph_messages,
     needs_answer,
@@ -18,8 +17,8 @@ from adapters.agui.inbound import (
     resume_command,
     runtime_context,
 )
-from adapters.agui.messages import to_agui, to_langchain
-from graphs.context import BaseContext
+from loom.adapters.agui.messages import to_agui, to_langchain
+from loom.graphs.context import BaseContext
 
 
 def run_input(messages, **extra) -> RunAgentInput:

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from ag_ui.core import Event
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from loom.adapters.agui.outbound import RunTranslator
+from loom.server.runs import encode
 from pydantic import TypeAdapter
-
-from adapters.agui.outbound import RunTranslator
-from server.runs import encode
 
 GOLDEN = Path(__file__).parent / "golden"
 EVENT = TypeAdapter(Event)

@@ -10,9 +10,8 @@ import uuid
 import httpx
 import pytest
 from letta_client import Letta
-
-from adapters.letta.memory import LettaMemoryBackend
-from graphs.memory_store import (
+from loom.adapters.letta.memory import LettaMemoryBackend
+from loom.graphs.memory_store import (
     MemoryBackendUnavailable,
     MemoryLimitExceeded,
     MemoryLimits,
@@ -20,6 +19,7 @@ from graphs.memory_store import (
     MemorySearchDisabled,
     MemoryStoreError,
 )
+
 from tests.conftest import LoomServer
 from tests.letta_server import LettaServer
 

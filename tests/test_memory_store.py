@@ -10,9 +10,9 @@ import uuid
 import pytest
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
-
-from graphs.memory_search import EndpointEmbedder, LocalEmbedder
-from graphs.memory_store import (
+from loom.graphs.memory_backend import memory_backend
+from loom.graphs.memory_search import EndpointEmbedder, LocalEmbedder
+from loom.graphs.memory_store import (
     MAX_PAGE,
     MemoryBackend,
     MemoryLimitExceeded,
@@ -20,9 +20,9 @@ from graphs.memory_store import (
     MemoryNotFound,
     MemorySearchDisabled,
     MemoryStoreError,
-    memory_backend,
 )
-from graphs.memory_store_backend import StoreMemoryBackend, namespace_label
+from loom.graphs.memory_store_backend import StoreMemoryBackend, namespace_label
+
 from tests.conftest import POSTGRES_URL
 from tests.memory_quality_set import MEMORIES, QUERIES
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from loom.graphs.moa import AGGREGATOR_PROMPT, Context, Proposer, _selected
+from loom.server.persistence import open_persistence
 
-from graphs.moa import AGGREGATOR_PROMPT, Context, Proposer, _selected
-from server.persistence import open_persistence
 from tests.agui_js import run_agui_client
 from tests.conftest import assistant_messages, new_id, text_of, user
 from tests.test_agui_clients import assert_clean

@@ -14,15 +14,15 @@ import time
 import httpx
 import pytest
 from letta_client import Letta
-
-from adapters.openpipe.client import (
+from loom.adapters.openpipe.client import (
     OpenPipeAuthError,
     OpenPipeClient,
     OpenPipeNotFound,
     OpenPipeRateLimited,
     OpenPipeUnreachable,
 )
-from adapters.openwebui import action as action_module
+from loom.adapters.openwebui import action as action_module
+
 from tests.conftest import LoomServer, event_types, new_id, user
 from tests.letta_server import LettaServer
 from tests.llm_server import free_port
@@ -395,7 +395,7 @@ def test_shutdown_flushes_the_queue(llm, openpipe, tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ the pipe
 
 def test_the_pipe_forwards_opt_out_and_system_tasks(reporting, llm, openpipe):
-    from adapters.openwebui.pipe import Pipe
+    from loom.adapters.openwebui.pipe import Pipe
 
     async def drain(result):
         return result if isinstance(result, str) else "".join([str(i) async for i in result])
@@ -445,8 +445,7 @@ def test_settings_choose_what_is_reported():
     from types import SimpleNamespace
 
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-
-    from adapters.openpipe.reporter import build_report
+    from loom.adapters.openpipe.reporter import build_report
 
     def call(**extra) -> dict:
         return {"messages": [HumanMessage("q")], "metadata": {"langgraph_node": "call_model"}, "params": {
@@ -471,7 +470,7 @@ def test_settings_choose_what_is_reported():
 def test_overflow_drops_the_oldest_and_counts():
     from types import SimpleNamespace
 
-    from adapters.openpipe.reporter import Reporter
+    from loom.adapters.openpipe.reporter import Reporter
 
     async def go():
         reporter = Reporter(SimpleNamespace(openpipe_queue_size=2, openpipe_api_key=OPK, openpipe_timeout=1,

@@ -23,11 +23,11 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from loom.adapters.openwebui import history, render
+from loom.adapters.openwebui.bundle import REWRITTEN, PipeRenderError, check_pipe, render_pipe
+from loom.adapters.openwebui.pipe import Pipe
+from loom.adapters.openwebui.transport import backoff_delay
 
-from adapters.openwebui import history, render
-from adapters.openwebui.bundle import REWRITTEN, PipeRenderError, check_pipe, render_pipe
-from adapters.openwebui.pipe import Pipe
-from adapters.openwebui.transport import backoff_delay
 from tests.conftest import BIN, REPO, LoomServer, new_id
 
 PROXY_KEY = "pipe-proxy-key"

@@ -9,11 +9,10 @@ from ag_ui.core import RunAgentInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
+from loom.adapters.agui.interrupts import agui_interrupts
+from loom.adapters.agui.messages import MessageError, to_langchain
+from loom.graphs.context import SERVER_FIELDS
 from pydantic import TypeAdapter, ValidationError
-
-from adapters.agui.interrupts import agui_interrupts
-from adapters.agui.messages import MessageError, to_langchain
-from graphs.context import SERVER_FIELDS
 
 
 class InputError(ValueError):

@@ -25,9 +25,8 @@ from typing import Any
 
 from ag_ui.core.token_usage import aggregate_token_usage, token_usage_from_langchain_metadata
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
-
-from adapters.agui.interrupts import agui_interrupts
-from adapters.agui.messages import reasoning_id, text_of, to_agui
+from loom.adapters.agui.interrupts import agui_interrupts
+from loom.adapters.agui.messages import reasoning_id, text_of, to_agui
 
 PROTOCOL_VERSION = "1.0"
 

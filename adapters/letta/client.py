@@ -21,10 +21,9 @@ from typing import Any
 import httpx
 import letta_client
 from letta_client import AsyncLetta
+from loom.adapters.letta.config import letta_settings
+from loom.adapters.letta.errors import LettaError, LettaNotConfigured, from_letta, never_sent
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
-
-from adapters.letta.errors import LettaError, LettaNotConfigured, from_letta, never_sent
-from server.settings import get_settings
 
 _OTID_NAMESPACE = uuid.UUID("5b0f3c52-3f0e-4d3e-9a6c-6c6f6f6d6c74")
 _backoff = wait_random_exponential(multiplier=0.5, max=8)
@@ -34,7 +33,7 @@ _background: set[asyncio.Task] = set()
 
 def letta(base_url: str | None = None, api_key: str | None = None) -> AsyncLetta:
     """The AsyncLetta for these settings on the running event loop (its connection pool is bound to the loop)."""
-    settings = get_settings()
+    settings = letta_settings()
     base_url = base_url or settings.letta_base_url
     api_key = api_key if api_key is not None else settings.letta_api_key
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})

@@ -1,5 +1,5 @@
 """Letta failures as specific errors. Each carries the RUN_ERROR code a client sees (`run_error_code`), so the
-server classifies them without knowing about Letta (server/errors.py reads the attribute)."""
+server classifies them without knowing about Letta (graphs/errors.py reads the attribute)."""
 
 from __future__ import annotations
 

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import letta_client
-
-from adapters.letta.client import letta
-from adapters.letta.errors import from_letta
-from graphs.memory_store import (
+from loom.adapters.letta.client import letta
+from loom.adapters.letta.config import letta_settings
+from loom.adapters.letta.errors import from_letta
+from loom.graphs.memory_store import (
     Memory,
     MemoryBackendUnavailable,
     MemoryLimits,
@@ -34,7 +34,6 @@ from graphs.memory_store import (
     new_memory_id,
     now_iso,
 )
-from server.settings import get_settings
 
 MEMORY_TAG, USER_TAG = "loom-memory", "loom-user:"
 _ID, _UPDATED, _RESERVED = "loom:id:", "loom:updated:", "loom:"
@@ -64,7 +63,7 @@ class LettaMemoryBackend:
     def __init__(self, limits: MemoryLimits | None = None, *, base_url: str | None = None,
                  api_key: str | None = None):
         self.limits = limits or MemoryLimits()
-        self._base_url = base_url or get_settings().letta_base_url
+        self._base_url = base_url or letta_settings().letta_base_url
         self._api_key = api_key
 
     # ------------------------------------------------------------------------------------------ operations
@@ -164,7 +163,7 @@ class LettaMemoryBackend:
         if page.items:
             _agents[key] = page.items[0].id
         elif create:
-            settings = get_settings()
+            settings = letta_settings()
             digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
             agent = await self._client().agents.create(
                 name=f"loom-memory-{digest}", tags=tags, description="loom: one user's long-term memories",

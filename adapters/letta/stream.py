@@ -30,9 +30,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessageChunk, ToolMessage
 from letta_client import AsyncLetta, AsyncStream
-
-from adapters.letta.client import cancel_in_background
-from adapters.letta.errors import LettaStopped, LettaStreamError, from_letta
+from loom.adapters.letta.client import cancel_in_background
+from loom.adapters.letta.errors import LettaStopped, LettaStreamError, from_letta
 
 _PHASE = {"reasoning_message": 0, "hidden_reasoning_message": 0, "assistant_message": 1,
           "tool_call_message": 2, "approval_request_message": 2}

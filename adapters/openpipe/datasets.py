@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
-
-from adapters.openpipe.reporter import message_dict
+from loom.adapters.openpipe.reporter import message_dict
 
 
 def _openai(messages: list[BaseMessage], include_system: bool) -> list[dict]:
