@@ -1,6 +1,6 @@
 """A raw asyncio HTTP/1.1 load driver for SSE endpoints: one fresh TCP connection per run.
 
-Why not httpx: its keep-alive pool added seconds of client-side delay at c=64 (shared/notes/performance.md).
+Why not httpx: its keep-alive pool added seconds of client-side delay at c=64 (measured with this benchmark).
 This client writes one request, reads the status line and headers, de-chunks the body incrementally and
 splits it into SSE frames as bytes arrive, timing the first text delta. It parses JSON only until the first
 text delta (and for every frame in `full` mode, used to verify a stack once); after that it classifies

@@ -178,8 +178,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."
         bound = model
     elif is_demo_model():
-        # The embedded demo model cannot choose tools by itself (it needs tool_choice forced, shared/notes/
-        # local-llm.md), and forcing a memory tool on every turn would be worse than none: recall and auto-save
+        # The embedded demo model cannot choose tools by itself (it needs tool_choice forced: see
+        # graphs/agent.py), and forcing a memory tool on every turn would be worse than none: recall and auto-save
         # still give it memory.
         bound = model
     else:

@@ -52,7 +52,7 @@ AGGREGATOR_PROMPT = (
 )
 
 # ------------------------------------------------------------------------------------------------- context
-# Defaults follow shared/notes/letta-openpipe-moa.md part C:
+# Defaults, from the MoA paper (Wang et al. 2024, arXiv:2406.04692) and its follow-ups:
 # - three samples of one model at T 0.7 (Self-MoA, arXiv:2502.00674: samples of the single best model beat a
 #   mix of weaker ones; the paper samples at T 0.7; Table 3 shows n=6 adds little over n=3 for one model at
 #   twice the cost). Unset models are LOOM_LLM_MODEL, so the graph runs out of the box (demo model included);

@@ -1,7 +1,8 @@
 """The embedded offline demo model: llama.cpp (xllamacpp) serving Gemma 3 270M on loopback.
 
 Used by `loom serve` when LOOM_LLM_BASE_URL is unset, so loom works with no API key and no network.
-Measured facts and quirks: shared/notes/local-llm.md. Both packages come from the `loom[local]` extra and
+The model's quirks, as measured, are noted beside the code they shaped (here, and the demo branch of
+`graphs/llm.py`, `graphs/agent.py`, `graphs/memory.py`). Both packages come from the `loom[local]` extra and
 are imported lazily, so this module imports without them.
 """
 

@@ -1,6 +1,6 @@
 """Turn scripts of the stand-in Letta server (tests/letta_server.py) expanded into Letta's SSE message frames.
 
-The shapes follow letta-client 1.12.1's LettaStreamingResponse union (shared/notes/letta-openpipe-moa.md A1.3):
+The shapes follow letta-client 1.12.1's LettaStreamingResponse union:
 token deltas of one message share its `id`; tool-call arguments arrive in fragments after a first frame that
 names the call; tool returns carry both the legacy single fields and `tool_returns`. Also the archival memory
 list (cursor pages) and search (here: word overlap, standing in for Letta's embedding search).

@@ -1,4 +1,4 @@
-"""A stand-in Letta server over real HTTP, built from the documented surface (shared/notes/letta-openpipe-moa.md A4).
+"""A stand-in Letta server over real HTTP, built from Letta's documented REST surface.
 
 No real Letta REST server can run here (it needs PostgreSQL with pgvector and ships no migrations), so the tests
 drive the real `letta-client` against this. Run it::

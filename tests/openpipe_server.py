@@ -1,4 +1,4 @@
-"""An OpenPipe stand-in over real HTTP (docs.openpipe.ai/api-reference; shared/notes/letta-openpipe-moa.md B3).
+"""An OpenPipe stand-in over real HTTP (docs.openpipe.ai/api-reference).
 
 Under ``/api/v1``, ``Authorization: Bearer <key>`` required (``401 {"message"}`` otherwise):
 

@@ -7,7 +7,7 @@
   without it (an interrupted install) or for other versions is made again. A file lock keeps two test runs
   from building it at once.
 - `OpenWebUI(...).start()` runs `open-webui serve` on a free loopback port, in its own process group, with a
-  fresh DATA_DIR and the offline settings of `../shared/notes/openwebui-pipes.md` §8 (no hub downloads, no
+  fresh DATA_DIR and offline settings (no hub downloads, no
   embeddings, no Ollama/OpenAI polling, no background tasks), signs up the admin (the first user), and has
   helpers for the functions and tools APIs.
 - `install_loom_pipe()` installs loom's generated pipe (from the loom server's `GET /openwebui/pipe.py`) as

@@ -3,8 +3,8 @@
 `pipe.py` and its siblings are a normal package (imported and tested as such); OpenWebUI instead `exec`s one
 file's text. Rendering keeps each module's code verbatim, drops the imports between siblings, gathers the
 other imports at the top, and checks the result: it compiles, starts with the frontmatter, imports only what
-OpenWebUI ships, and contains none of the text OpenWebUI rewrites blindly (`from utils` and the like,
-shared/notes/openwebui-pipes.md §1).
+OpenWebUI ships, and contains none of the text OpenWebUI rewrites blindly before it runs a function
+(`from utils` and the like, which OpenWebUI's loader turns into `from open_webui.utils`).
 """
 
 from __future__ import annotations
