@@ -79,7 +79,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         bound = model
     elif is_demo_model():
         # The embedded demo model only produces tool calls when forced, and 500s on tool_choice="auto"
-        # (llama.cpp cannot parse its free-form output as a call): force a call on a fresh user turn, answer plainly after tool results.
+        # (llama.cpp cannot parse its free-form output as a call): force a call on a fresh user turn, answer
+        # plainly after tool results.
         fresh_turn = isinstance(messages[-1], HumanMessage)
         bound = model.bind_tools(tools, tool_choice="any", parallel_tool_calls=False) if fresh_turn else model
     else:
