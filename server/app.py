@@ -15,6 +15,7 @@ from loom.adapters.agui.inbound import InputError, user_from_props
 from loom.adapters.openpipe.reporter import Reporter
 from loom.graphs.llm import close_http_clients
 from loom.server.auth import authenticate, resolve_user
+from loom.server.history_api import router as history_router
 from loom.server.memory_api import router as memory_router
 from loom.server.openpipe_api import router as openpipe_router
 from loom.server.persistence import open_persistence
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(memory_router)
     app.include_router(openpipe_router)
+    app.include_router(history_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

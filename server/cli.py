@@ -63,15 +63,36 @@ def chat(
     message: str = typer.Argument(..., help="The user message."),
     thread: str = typer.Option(None, help="Continue a thread (default: a new one)."),
     show_events: bool = typer.Option(False, "--events", help="Print every AG-UI event as JSON."),
+    url: str = typer.Option(None, help="A loom server to talk to (default: the local one at LOOM_HOST:LOOM_PORT "
+                                       "when it answers, else --local)."),
+    api_key: str = typer.Option(None, envvar="LOOM_CHAT_API_KEY", help="Key for a server with LOOM_API_KEYS."),
+    local: bool = typer.Option(False, "--local", help="Run the graph in this process on the configured database "
+                                                      "(starts the demo model when no LLM is configured)."),
 ) -> None:
-    """Stream one run of a graph to the terminal, in-process, with the configured database."""
+    """Stream one run of a graph to the terminal: through a running loom server, or in-process with --local."""
+    from loom.server.chat_client import ChatClientError, chat_over_http, local_server_url
+
     logging.basicConfig(level="WARNING")
-    local = _use_demo_model_if_unconfigured()
+    thread_id = thread or str(uuid.uuid4())
+    if not local:
+        server = url or local_server_url(get_settings())
+        if server is None:
+            Console(stderr=True).print("[dim]No loom server answers on this machine: running in-process "
+                                       "(`loom serve` in another terminal makes this faster).[/dim]")
+        else:
+            try:
+                asyncio.run(chat_over_http(server, api_key, graph, message, thread_id, _printer(show_events)))
+            except ChatClientError as exc:
+                console.print(f"[red]{exc}[/red]")
+                raise typer.Exit(2) from None
+            console.print(f"\n[dim]thread {thread_id}[/dim]")
+            return
+    local_llm = _use_demo_model_if_unconfigured()
     try:
-        asyncio.run(_chat(graph, message, thread or str(uuid.uuid4()), show_events))
+        asyncio.run(_chat(graph, message, thread_id, show_events))
     finally:
-        if local is not None:
-            local.stop()
+        if local_llm is not None:
+            local_llm.stop()
 
 
 @app.command()
@@ -120,19 +141,21 @@ async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> 
         messages = [*to_agui(history.get("messages", [])), new_turn]
         run = RunAgentInput.model_validate({"threadId": thread_id, "runId": str(uuid.uuid4()), "messages": messages})
         prepared = await prepare_run(entry, run, "local")
+        render = _printer(show_events)
         async for chunk in stream_run(prepared):
             for line in chunk.splitlines():
                 if line.startswith("data: "):
-                    _render(json.loads(line[6:]), show_events)
+                    render(json.loads(line[6:]))
         await close_http_clients()
     console.print(f"\n[dim]thread {thread_id}[/dim]")
 
 
-def _render(event: dict, show_events: bool) -> None:
+def _printer(show_events: bool):
+    return (lambda event: console.print_json(json.dumps(event))) if show_events else _render
+
+
+def _render(event: dict) -> None:
     kind = event["type"]
-    if show_events:
-        console.print_json(json.dumps(event))
-        return
     if kind == "TEXT_MESSAGE_CONTENT":
         console.print(event["delta"], end="", markup=False, highlight=False)
     elif kind == "REASONING_MESSAGE_CONTENT":
