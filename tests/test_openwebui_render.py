@@ -1,11 +1,13 @@
-"""The pipe's pure parts, without a server: OpenWebUI's chat history back into AG-UI messages, and status lines
-(the first at once, then rate-limited, whatever the machine's uptime)."""
+"""The pipe's pure parts, without a server: OpenWebUI's chat history back into AG-UI messages, status lines (the
+first at once, then rate-limited) and reasoning durations, whatever the machine's uptime."""
 
 from __future__ import annotations
 
 import asyncio
 
 from loom.adapters.openwebui import history, render
+from loom.adapters.openwebui.pipe import Pipe
+from loom.adapters.openwebui.turn import Turn
 
 from tests.openwebui_pipe_kit import Emitter, a, u
 
@@ -106,3 +108,12 @@ def test_a_held_status_line_goes_out_without_another_event():
         return emitter.statuses()
 
     assert asyncio.run(run()) == [{"description": "one", "done": False}, {"description": "three", "done": False}]
+
+
+def test_reasoning_without_a_start_lasts_no_time_not_the_uptime():
+    async def run() -> list[str]:
+        turn = Turn(Pipe.Valves(), "agent", {"messages": []}, None, None, {})
+        await turn._on_event({"type": "REASONING_MESSAGE_CONTENT", "messageId": "r", "delta": "Hmm."})
+        return await turn._on_event({"type": "REASONING_END", "messageId": "r"})
+
+    assert asyncio.run(run()) == [render.reasoning_block("Hmm.", 0)]
