@@ -2,23 +2,73 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.llm_server import LLMServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 POSTGRES_URL = os.environ.get("LOOM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("LOOM_TEST_REQUIRE_POSTGRES") == "1"  # CI: a missing PostgreSQL is a failure
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    if parts.password is None and all(key != "password" for key, _ in query):
+        return url
+    netloc = parts.netloc if parts.password is None else f"{parts.username or ''}@{parts.netloc.rsplit('@', 1)[1]}"
+    return parts._replace(netloc=netloc, query=urlencode([(k, v) for k, v in query if k != "password"])).geturl()
+
+
+@functools.cache
+def postgres_unreachable(url: str, timeout: float = 2.0) -> str | None:
+    """Why nothing answers at `url`'s (first) host, or None when something does. A connection, not a login: a
+    server that refuses the tests' credentials fails their tests rather than skipping them."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise pytest.UsageError(f"LOOM_TEST_POSTGRES_URL is not a PostgreSQL URL ({exc}): "
+                                f"{without_password(url)}") from None
+    host = (params.get("host") or "/var/run/postgresql").split(",")[0]  # libpq's default: the local socket
+    port = int((params.get("port") or "5432").split(",")[0] or 5432)
+    try:
+        if host.startswith("/"):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(timeout)
+                sock.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before the test's fixtures: their loom server would not even start without the database.
+    if item.get_closest_marker("postgres") is None or (why := postgres_unreachable(POSTGRES_URL)) is None:
+        return
+    where = f"no PostgreSQL answers at {without_password(POSTGRES_URL)} ({why})"
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{where}, and LOOM_TEST_REQUIRE_POSTGRES=1 says the tests need one", pytrace=False)
+    pytest.skip(f"{where}: set LOOM_TEST_POSTGRES_URL to a server's URL (default user postgres, database test), "
+                "or LOOM_TEST_REQUIRE_POSTGRES=1 to make this a failure")
 
 
 class LoomServer:

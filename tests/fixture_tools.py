@@ -10,9 +10,9 @@ from langchain_core.tools import tool
 @tool
 async def slow_lookup(seconds: float) -> str:
     """Look something up slowly (takes `seconds`). Reports when it ran, so tests can see overlap."""
-    started = time.time()
+    started = time.monotonic()  # compared only with other calls in this process; immune to clock steps
     await asyncio.sleep(seconds)
-    return json.dumps({"started": started, "ended": time.time()})
+    return json.dumps({"started": started, "ended": time.monotonic()})
 
 
 @tool

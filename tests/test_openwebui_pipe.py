@@ -1,166 +1,41 @@
 """The OpenWebUI pipe against a real loom server (scripted LLM, proxy key), driven the way OpenWebUI 0.12 calls
 it: `Pipe().pipe(body, __user__=..., __event_emitter__=..., ...)` with a recording emitter, a fake
-`__event_call__` and fake `__tools__`. Also the rendered single file, loaded as OpenWebUI loads it (exec into a
-fresh module), from `GET /openwebui/pipe.py` and from `loom pipe --output`.
+`__event_call__` and fake `__tools__`: the models it lists, what the chat shows, history, tasks, valves.
 
-What needs a real OpenWebUI (the functions API, socket.io events, UI-mode chats) is in test_openwebui_e2e.py.
+Failures are in test_openwebui_pipe_failures.py, the rendered single file in test_openwebui_pipe_file.py, the
+pure rendering and history units in test_openwebui_render.py; what needs a real OpenWebUI (the functions API,
+socket.io events, UI-mode chats) is in test_openwebui_e2e.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
-import socket
-import subprocess
-import sys
-import time
-import types
-import uuid
-from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
 import pytest
-from loom.adapters.openwebui import history, render
-from loom.adapters.openwebui.bundle import REWRITTEN, PipeRenderError, check_pipe, render_pipe
 from loom.adapters.openwebui.pipe import Pipe
-from loom.adapters.openwebui.transport import backoff_delay
 
-from tests.conftest import BIN, REPO, LoomServer, new_id
+from tests.conftest import new_id
+from tests.openwebui_pipe_kit import (
+    PROXY_KEY,
+    WEATHER_SPEC,
+    Emitter,
+    a,
+    a_user,
+    block,
+    call,
+    chat,
+    dead_url,
+    make_pipe,
+    u,
+    wait_for_log,
+)
+from tests.openwebui_pipe_kit import pipe_loom as pipe_loom_fixture
 
-PROXY_KEY = "pipe-proxy-key"
-WEATHER_SPEC = {"name": "get_weather", "description": "The weather in a city.",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-@pytest.fixture(scope="module")
-def loom(llm, tmp_path_factory):
-    server = LoomServer(tmp_path_factory.mktemp("pipe"), LOOM_LLM_BASE_URL=llm.url,
-                        LOOM_API_KEYS=f"{PROXY_KEY}=proxy", LOOM_MEMORY_EMBEDDINGS_URL=llm.url,
-                        LOOM_MEMORY_EMBEDDINGS_MODEL="hashed-bow").start()
-    yield server
-    server.stop()
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-class Emitter:
-    """A fake `__event_emitter__` that records every event."""
-
-    def __init__(self):
-        self.events: list[dict] = []
-
-    async def __call__(self, event: dict) -> None:
-        self.events.append(event)
-
-    def of(self, kind: str) -> list[dict]:
-        return [e["data"] for e in self.events if e["type"] == kind]
-
-    def statuses(self) -> list[dict]:
-        return self.of("status")
-
-
-def make_pipe(loom_or_url, pipe_class=Pipe, **valves) -> Pipe:
-    pipe = pipe_class()
-    url = loom_or_url if isinstance(loom_or_url, str) else loom_or_url.url
-    pipe.valves = pipe_class.Valves(loom_url=url, api_key=valves.pop("api_key", PROXY_KEY), **valves)
-    return pipe
-
-
-def a_user(user_id: str | None = None, **valves) -> dict:
-    return {"id": user_id or f"owui-{uuid.uuid4().hex[:8]}", "name": "Ada", "email": "ada@example.org",
-            "role": "user", "valves": Pipe.UserValves(**valves)}
-
-
-def u(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def a(text: str) -> dict:
-    return {"role": "assistant", "content": text.rstrip()}  # OpenWebUI stores content with trailing space stripped
-
-
-async def chat(pipe: Pipe, messages: list[dict], model: str = "loom.agent", chat_id: str | None = "new",
-               stream: bool = True, user: dict | None = None, **dunder) -> tuple[str, list]:
-    """One request as OpenWebUI makes it; (the message text as OpenWebUI stores it, the items yielded)."""
-    body = {"model": model, "messages": messages, "stream": stream}
-    chat_id = new_id() if chat_id == "new" else chat_id
-    result = await pipe.pipe(body, __user__=user or a_user(), __chat_id__=chat_id,
-                             **{f"__{k}__": v for k, v in dunder.items()})
-    if isinstance(result, str):
-        return result, [result]
-    items = [item async for item in result]
-    # Streaming: each str is a delta. Not streaming: OpenWebUI joins the generator with str() (so a dict
-    # would leak as its repr; the assertion below is what keeps that from happening).
-    return "".join(str(i) for i in items), items
-
-
-def block(call_id: str, name: str, arguments: str, result: str) -> str:
-    return (f'<details type="tool_calls" done="true" id="{call_id}" name="{name}" arguments="{arguments}">\n'
-            f"<summary>Tool Executed</summary>\n{result}\n</details>\n")
-
-
-def call(call_id: str, name: str, args: dict) -> dict:
-    return {"id": call_id, "name": name, "arguments": args}
-
-
-def dead_url() -> str:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def wait_for_log(server: LoomServer, *needles: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in server.log().splitlines():
-            if all(n in line for n in needles):
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"no log line with {needles}:\n{server.log()[-3000:]}")
-
-
-@asynccontextmanager
-async def fake_loom(*responses: bytes, hang: bool = False):
-    """A tiny HTTP server standing in for loom: answers the n-th request with responses[n] (the last one again
-    after that), then closes the connection, or with `hang` keeps it open silently. Yields (url, requests)."""
-    requests: list[bytes] = []
-    handlers: set[asyncio.Task] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handlers.add(asyncio.current_task())
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        requests.append(head + await reader.readexactly(length))
-        writer.write(responses[min(len(requests), len(responses)) - 1])
-        await writer.drain()
-        if hang:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass  # the test is over
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", requests
-    finally:
-        for task in handlers:
-            task.cancel()
-        server.close()
-
-
-def sse(*events: dict | str) -> bytes:
-    lines = [e if isinstance(e, str) else json.dumps(e) for e in events]
-    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-            + "".join(f"data: {line}\n\n" for line in lines).encode())
-
-
-STARTED = {"type": "RUN_STARTED", "threadId": "t", "runId": "r"}
+loom = pipe_loom_fixture  # the module's server (a fixture shared by the pipe test modules)
 
 
 # --------------------------------------------------------------------------------------------- manifold
@@ -332,41 +207,6 @@ async def test_the_pipes_blocks_come_back_as_tool_messages_not_text(loom, llm):
     assert sent[4]["content"] == "It is 42."
 
 
-def test_history_ids_are_deterministic_and_blocks_parse_back():
-    result = 'He said "<hi>" & left'
-    content = ("Let me check.\n\n" + render.tool_call_block("c1", "echo", '{"q": "a \\"b\\" <c>"}', result)
-               + "\nDone.\n\n" + render.error_text("loom is unreachable", "Cannot reach loom."))
-    messages = [{"role": "system", "content": "Be brief."}, u("hi"), a(content), u("again")]
-    converted = history.to_agui_messages(messages, "chat-1")
-    assert converted == history.to_agui_messages(messages, "chat-1")  # the same history, the same ids
-    assert [m["role"] for m in converted] == ["system", "user", "assistant", "tool", "assistant", "user"]
-    assert converted[2]["content"] == "Let me check."
-    assert converted[2]["toolCalls"] == [{"id": "c1", "type": "function",
-                                          "function": {"name": "echo", "arguments": '{"q": "a \\"b\\" <c>"}'}}]
-    assert converted[3]["content"] == result and converted[3]["toolCallId"] == "c1"
-    assert converted[4]["content"] == "Done."  # the pipe's error note is not conversation
-    ids = [m["id"] for m in converted]
-    assert len(set(ids)) == len(ids)
-    edited = history.to_agui_messages([*messages[:3], u("something else")], "chat-1")
-    assert [m["id"] for m in edited][:-1] == ids[:-1] and edited[-1]["id"] != ids[-1]
-    assert history.to_agui_messages(messages, "chat-2")[0]["id"] != ids[0]
-
-
-def test_images_are_content_parts_and_files_context_unless_already_in_the_chat():
-    image = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
-                                         {"type": "image_url", "image_url": {"url": "https://x.test/cat.jpg"}}]}
-    [converted] = history.to_agui_messages([image], "c")
-    assert converted["content"] == [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image", "source": {"type": "data", "value": "iVBOR", "mimeType": "image/png"}},
-        {"type": "image", "source": {"type": "url", "value": "https://x.test/cat.jpg"}}]
-    files = [{"type": "file", "name": "notes.txt", "file": {"data": {"content": "The launch is on Friday."}}},
-             {"type": "file", "name": "seen.txt", "file": {"data": {"content": "Already quoted text."}}},
-             {"type": "file", "name": "photo.png", "file": {"data": {}}}]
-    context = history.file_context(files, [u("<source>Already quoted text.</source> When?")])
-    assert context == [{"description": "Text of the attached file notes.txt", "value": "The launch is on Friday."}]
-
 
 async def test_attached_file_text_reaches_the_model(loom, llm):
     llm.script({"text": "On Friday."})
@@ -435,176 +275,3 @@ async def test_recalled_memories_are_sources(loom, llm):
     assert source["document"] == ["My dog is called Rex."] and source["source"]["name"] == \
         "Memory: My dog is called Rex."
     assert 0 < source["distances"][0] <= 1
-
-
-# -------------------------------------------------------------------------------------------------- errors
-
-
-async def run_failing(pipe: Pipe, **kwargs) -> tuple[str, Emitter]:
-    emitter = Emitter()
-    text, _ = await chat(pipe, [u("hi")], event_emitter=emitter, **kwargs)
-    [note] = emitter.of("notification")
-    assert note["type"] == "error"
-    assert emitter.statuses()[-1]["done"] is True and emitter.statuses()[-1]["description"].startswith("Failed")
-    return text, emitter
-
-
-async def test_each_failure_has_its_own_message(loom, llm):
-    messages = {}
-    url = dead_url()
-    messages["refused"], _ = await run_failing(make_pipe(url, retries=0))
-    assert f"Cannot reach loom at {url} (connection refused)" in messages["refused"]
-
-    messages["401"], _ = await run_failing(make_pipe(loom, api_key="wrong"))
-    assert "loom refused the API key (HTTP 401, invalid_api_key)" in messages["401"]
-
-    messages["422"], _ = await run_failing(make_pipe(loom), model="loom.moa", user=a_user(moa_layers=99))
-    assert "loom rejected the request (HTTP 422, invalid_context at forwardedProps.context.layers)" in \
-        messages["422"]
-
-    llm.script({"status": 401})
-    messages["run error"], _ = await run_failing(make_pipe(loom))
-    assert "The run failed (LLM_AUTH): The model server refused the API key" in messages["run error"]
-
-    async with fake_loom(sse(STARTED, "{not json")) as (url, _):
-        messages["bad json"], _ = await run_failing(make_pipe(url))
-    assert "loom sent an event that is not valid JSON" in messages["bad json"]
-
-    async with fake_loom(sse(STARTED), hang=True) as (url, _):
-        messages["timeout"], _ = await run_failing(make_pipe(url, timeout=0.5))
-    assert "loom sent nothing for 0.5 s" in messages["timeout"]
-
-    async with fake_loom(sse(STARTED)) as (url, requests):
-        messages["cut"], _ = await run_failing(make_pipe(url))
-    assert "The connection to loom closed before the run finished" in messages["cut"]
-    assert len(requests) == 1  # the run had started: never sent twice
-
-    firsts = {key: text.splitlines()[0] for key, text in messages.items()}
-    assert len(set(firsts.values())) == len(firsts), firsts
-    assert all(text.startswith("> ⚠️ **") for text in messages.values())
-
-
-async def test_retries_with_backoff_before_anything_started(loom, llm):
-    error = json.dumps({"error": {"code": "busy", "message": "restarting"}}).encode()
-    busy = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(error), error))
-    answer = sse(STARTED, {"type": "TEXT_MESSAGE_START", "messageId": "m", "role": "assistant"},
-                 {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m", "delta": "Back."},
-                 {"type": "TEXT_MESSAGE_END", "messageId": "m"},
-                 {"type": "RUN_FINISHED", "threadId": "t", "runId": "r", "outcome": {"type": "success"}})
-    emitter = Emitter()
-    async with fake_loom(busy, answer) as (url, requests):
-        text, _ = await chat(make_pipe(url, retries=2), [u("hi")], event_emitter=emitter)
-    assert text == "Back." and len(requests) == 2
-    assert any("trying again in" in s["description"] for s in emitter.statuses())
-
-    url = dead_url()
-    text, emitter = await run_failing(make_pipe(url, retries=2))
-    assert len([s for s in emitter.statuses() if "trying again" in s["description"]]) == 2
-    for attempt in range(6):
-        step = min(8.0, 0.5 * 2**attempt)
-        assert all(step / 2 <= backoff_delay(attempt) <= step for _ in range(20))
-
-
-@pytest.mark.parametrize("how", ["closed", "cancelled"])
-async def test_stopping_generation_cancels_the_loom_run(loom, llm, how):
-    llm.script({"text": " ".join(f"word{i}" for i in range(300)), "token_delay_ms": 30})
-    emitter, chat_id = Emitter(), new_id()
-    stream = await make_pipe(loom).pipe({"model": "loom.agent", "messages": [u("Talk")], "stream": True},
-                                        __user__=a_user(), __chat_id__=chat_id, __event_emitter__=emitter)
-    assert (await anext(stream)).startswith("word0")
-    if how == "closed":  # the consumer closes the generator
-        await stream.aclose()
-    else:  # OpenWebUI cancels the task that streams the answer
-        async def consume():
-            async for _ in stream:
-                pass
-
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    wait_for_log(loom, f"thread=openwebui-{chat_id}-agent", "outcome=cancelled")
-    assert emitter.statuses()[-1] == {"description": "Stopped", "done": True}
-    record = await asyncio.to_thread(llm.wait_request, lambda r: r["outcome"] is not None)
-    assert record["outcome"] == "disconnected"
-
-
-def test_status_lines_are_rate_limited_and_always_end_done():
-    async def run(interval: float) -> list[dict]:
-        emitter = Emitter()
-        status = render.StatusLine(emitter, interval=interval)
-        for line in ("one", "two", "three"):
-            await status.show(line)
-        await status.show("important", important=True)
-        await status.show("held back")
-        await status.done("finished")
-        await status.done("again")  # only once
-        return emitter.statuses()
-
-    assert asyncio.run(run(0)) == [{"description": d, "done": False} for d in ("one", "two", "three", "important",
-                                                                               "held back")] \
-        + [{"description": "finished", "done": True}]
-    async def held_line_goes_out_without_another_event() -> list[dict]:
-        emitter = Emitter()
-        status = render.StatusLine(emitter, interval=0.05)
-        await status.show("one")
-        await status.show("two")
-        await status.show("three")  # replaces "two", which is never shown
-        await status._timer  # the held line's turn comes (no new event needed)
-        return emitter.statuses()
-
-    assert asyncio.run(held_line_goes_out_without_another_event()) == [
-        {"description": "one", "done": False}, {"description": "three", "done": False}]
-    assert asyncio.run(run(3600)) == [{"description": "one", "done": False},
-                                      {"description": "important", "done": False},
-                                      {"description": "finished", "done": True}]
-
-
-# -------------------------------------------------------------------------------------- the rendered file
-
-
-def load_like_openwebui(source: str) -> types.ModuleType:
-    """What OpenWebUI's plugin loader does with a function's text: exec it into a fresh module."""
-    for text in REWRITTEN:
-        source = source.replace(text, text.replace("from ", "from open_webui."))
-    name = f"function_loom_{uuid.uuid4().hex[:8]}"
-    module = types.ModuleType(name)
-    sys.modules[name] = module
-    exec(source, module.__dict__)  # noqa: S102 — exactly what OpenWebUI does
-    return module
-
-
-async def test_the_served_file_is_one_working_pipe_with_the_servers_url(loom, llm):
-    response = httpx.get(f"{loom.url}/openwebui/pipe.py")  # no key needed: the file holds none
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    source = response.text
-    assert check_pipe(source) == []
-    assert source.splitlines()[0] == '"""' and "title: loom" in source.split('"""')[1]
-    assert f'LOOM_URL = "{loom.url}"' in source
-    assert not any(text in source for text in REWRITTEN)
-
-    module = load_like_openwebui(source)
-    pipe = module.Pipe()
-    pipe.valves = module.Pipe.Valves(api_key=PROXY_KEY)  # the URL is the served default
-    assert "agent" in [m["id"] for m in await pipe.pipes()]
-    llm.script({"tool_calls": [call("call_f", "calculator", {"expression": "3*3"})]}, {"text": "Nine."})
-    user = {**a_user(), "valves": module.Pipe.UserValves()}
-    text, _ = await chat(pipe, [u("3*3?")], user=user, event_emitter=Emitter())
-    assert text == block("call_f", "calculator", "{&quot;expression&quot;: &quot;3*3&quot;}", "9") + "\nNine."
-
-
-def test_loom_pipe_writes_the_file(tmp_path):
-    output = tmp_path / "loom_pipe.py"
-    done = subprocess.run([str(BIN / "loom"), "pipe", "--url", "http://loom.internal:9000/", "--output",
-                           str(output)], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    source = output.read_text()
-    assert check_pipe(source) == [] and 'LOOM_URL = "http://loom.internal:9000"' in source
-    compile(source, "loom_pipe.py", "exec")
-    assert load_like_openwebui(source).Pipe().valves.loom_url == "http://loom.internal:9000"
-
-    with pytest.raises(PipeRenderError):
-        render_pipe('http://x" + evil + "')
-    assert check_pipe('"""\ntitle: x\n"""\nfrom utils.misc import y\n') != []

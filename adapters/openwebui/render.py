@@ -148,16 +148,17 @@ class Output:
 
 
 class StatusLine:
-    """`status` events, at most one per `interval` seconds, always ending with done: true.
+    """`status` events: the first at once, then at most one per `interval` seconds, always ending with done: true.
 
     A line that comes too soon is held and sent when its time comes (a newer one replaces it), so a burst of
     progress (three proposers starting at once) shows its latest state without flooding the chat's status
     history. Without the last `done: true` OpenWebUI keeps the status shimmering forever.
     """
 
-    def __init__(self, emit: Emitter | None, interval: float = 0.25):
-        self.emit, self.interval = emit, interval
-        self.last = 0.0
+    def __init__(self, emit: Emitter | None, interval: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic):
+        self.emit, self.interval, self.clock = emit, interval, clock
+        self.last: float | None = None  # not 0.0: monotonic time starts near 0 at boot
         self.pending: str | None = None
         self.finished = False
         self._timer: asyncio.Future | None = None
@@ -166,7 +167,7 @@ class StatusLine:
         """Show a line; `important` ones (failures, questions) go out at once, never replaced unseen."""
         if description is None or self.finished:
             return
-        wait = self.interval - (time.monotonic() - self.last)
+        wait = 0.0 if self.last is None else self.interval - (self.clock() - self.last)
         if important or wait <= 0:
             await self._send(description, False)
             return
@@ -188,7 +189,7 @@ class StatusLine:
 
     async def _send(self, description: str, done: bool) -> None:
         self.pending = None
-        self.last = time.monotonic()
+        self.last = self.clock()
         await send(self.emit, {"type": "status", "data": {"description": description, "done": done}})
 
 

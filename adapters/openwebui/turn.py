@@ -46,7 +46,7 @@ class Turn:
         self.status = StatusLine(emit)
         self.outcome: dict = {}
         self.reasoning: list[str] = []
-        self.reasoning_started = 0.0
+        self.reasoning_started: float | None = None  # monotonic, while a reasoning message is open
         self.proposals: dict[int, list[dict]] = {}  # MoA answers by layer, until the layer is done
         self.moa_line: str | None = None  # the last MoA layer's tally, for the final status
         self.remembered = 0
@@ -151,8 +151,10 @@ class Turn:
             self.reasoning.append(event.get("delta", ""))
         elif kind == "REASONING_END":
             text, self.reasoning = "".join(self.reasoning), []
+            started, self.reasoning_started = self.reasoning_started, None
+            seconds = 0.0 if started is None else time.monotonic() - started  # no START: not the uptime
             if self.valves.show_reasoning and text.strip():
-                return [self.out.block(reasoning_block(text, time.monotonic() - self.reasoning_started))]
+                return [self.out.block(reasoning_block(text, seconds))]
         elif kind == "TOOL_CALL_START":
             call_id, name = event["toolCallId"], event.get("toolCallName", "")
             wire = {"id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
