@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ag_ui.core import RunAgentInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
+from loom.adapters.agui.context import ContextError, context_fields, context_overrides
 from loom.adapters.agui.interrupts import agui_interrupts
 from loom.adapters.agui.messages import MessageError, to_langchain
 from loom.graphs.context import SERVER_FIELDS
@@ -123,11 +123,11 @@ def runtime_context(context_schema: type | None, run: RunAgentInput, user_id: st
     """The graph's runtime context: defaults, overridden by `forwardedProps.context`, plus server fields."""
     if context_schema is None:
         return None
-    props = run.forwarded_props if isinstance(run.forwarded_props, dict) else {}
-    overrides = props.get("context") or {}
-    if not isinstance(overrides, dict):
-        raise InputError("invalid_context", "forwardedProps.context must be an object", "forwardedProps.context")
-    names = {f.name for f in dataclasses.fields(context_schema)}
+    try:
+        overrides = context_overrides(run)
+    except ContextError as exc:
+        raise InputError("invalid_context", str(exc), exc.field) from None
+    names = context_fields(context_schema)
     for key in overrides:
         if key in SERVER_FIELDS or key not in names:
             allowed = ", ".join(sorted(names - SERVER_FIELDS))
