@@ -37,6 +37,7 @@ class PreparedRun:
     error: InputError | None = None  # a protocol-level refusal, reported as RUN_ERROR in the stream
     resumed_history: list | None = None  # the thread a resume continues, snapshotted to the client first
     state: StateSync | None = None  # AG-UI shared state, for graphs with input keys beyond messages
+    known_ids: frozenset[str] = frozenset()  # messages the thread or the client hold before the run
 
 
 async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
@@ -59,7 +60,8 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
     snapshot = await entry.graph.aget_state(config)
     pending = list(snapshot.interrupts)
     stored = snapshot.values.get("messages", []) if snapshot.values else []
-    prepared = PreparedRun(entry, run, user_id, config, context, None)
+    prepared = PreparedRun(entry, run, user_id, config, context, None,
+                           known_ids=frozenset([*(m.id for m in stored if m.id), *(m.id for m in run.messages)]))
     state_update: dict = {}
     if entry.shared_keys is not None:
         try:
@@ -95,6 +97,7 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
     """AG-UI events as SSE text. Cancelling the iteration (client gone) cancels the graph run."""
     run, entry = prepared.run, prepared.entry
     translator = RunTranslator(run.thread_id, run.run_id)
+    translator.known(set(prepared.known_ids))
     started = time.perf_counter()
     outcome = "error"
     try:

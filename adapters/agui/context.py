@@ -8,9 +8,11 @@ context (`config_schema`, `config["configurable"]["model"]`) read them.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from typing import Any
 
+import typing_extensions
 from ag_ui.core import RunAgentInput
 from loom.graphs.context import SERVER_FIELDS
 from pydantic import BaseModel, TypeAdapter
@@ -37,6 +39,17 @@ def context_fields(schema: type) -> set[str]:
     raise TypeError(f"context schema {schema!r} is not a dataclass, TypedDict or pydantic model")
 
 
+def pydantic_type(schema: type) -> Any:
+    """The schema as pydantic can validate it: on Python < 3.12 pydantic refuses `typing.TypedDict`, the kind
+    LangGraph's docs use, so such a class is rebuilt as the equivalent `typing_extensions.TypedDict`."""
+    if not typing.is_typeddict(schema) or type(schema).__module__ != "typing" or sys.version_info >= (3, 12):
+        return schema
+    required = getattr(schema, "__required_keys__", frozenset())
+    fields = {name: typing_extensions.Required[hint] if name in required else typing_extensions.NotRequired[hint]
+              for name, hint in typing.get_type_hints(schema, include_extras=True).items()}
+    return typing_extensions.TypedDict(schema.__name__, fields)
+
+
 def context_overrides(run: RunAgentInput) -> dict[str, Any]:
     """`forwardedProps.context` as an object ({} when absent)."""
     props = run.forwarded_props if isinstance(run.forwarded_props, dict) else {}
@@ -61,7 +74,7 @@ def context_json_schema(schema: type | None) -> dict[str, Any]:
     if schema is None:
         return {"type": "object", "properties": {}}
     try:
-        full = TypeAdapter(schema).json_schema()
+        full = TypeAdapter(pydantic_type(schema)).json_schema()
     except Exception:  # noqa: BLE001 — a schema pydantic cannot describe still runs; it just offers no settings
         return {"type": "object", "properties": {}}
     descriptions = ({f.name: f.metadata.get("description") for f in dataclasses.fields(schema)}

@@ -8,8 +8,8 @@ from ag_ui.core import RunAgentInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
-from loom.adapters.agui.context import ContextError, context_fields, context_overrides
-from loom.adapters.agui.interrupts import agui_interrupts
+from loom.adapters.agui.context import ContextError, context_fields, context_overrides, pydantic_type
+from loom.adapters.agui.interrupts import agui_interrupts, is_agui_form, plain_answer
 from loom.adapters.agui.messages import MessageError, to_langchain
 from loom.graphs.context import SERVER_FIELDS
 from pydantic import TypeAdapter, ValidationError
@@ -92,8 +92,9 @@ def graph_messages(run: RunAgentInput, stored: list[BaseMessage]) -> tuple[list[
 def resume_command(run: RunAgentInput, pending: list[Any]) -> Command:
     """Map `resume[]` onto the thread's pending LangGraph interrupts. Every open interrupt must be answered.
 
-    Each graph interrupt resumes with `{agui_interrupt_id: {"status", "payload"}}` for the AG-UI interrupts it
-    stands for (see adapters/agui/interrupts.py).
+    A graph interrupt in AG-UI form resumes with `{agui_interrupt_id: {"status", "payload"}}` for the AG-UI
+    interrupts it stands for; any other (`interrupt("Which city?")`) with the answer's payload itself, as
+    LangGraph's own server resumes it (see adapters/agui/interrupts.py).
     """
     if not pending:
         raise InputError("no_pending_interrupt", "resume: this thread has no pending interrupt to resume", "resume")
@@ -107,7 +108,8 @@ def resume_command(run: RunAgentInput, pending: list[Any]) -> Command:
                 raise InputError("incomplete_resume", f"resume: interrupt {item['id']!r} has no answer; answer "
                                  "every open interrupt", "resume")
             values[item["id"]] = {"status": entry.status, "payload": entry.payload}
-        by_graph_interrupt[graph_interrupt.id] = values
+        by_graph_interrupt[graph_interrupt.id] = values if is_agui_form(graph_interrupt.value) else plain_answer(
+            next(iter(values.values())))
     if answers:
         unknown = ", ".join(repr(i) for i in answers)
         raise InputError("stale_resume", f"resume: {unknown} is not an open interrupt of this thread", "resume")
@@ -155,7 +157,7 @@ _adapters: dict[type, TypeAdapter] = {}
 def _adapter(schema: type) -> TypeAdapter:
     # Built once per graph: pydantic schema construction is far too slow for the request path.
     if schema not in _adapters:
-        _adapters[schema] = TypeAdapter(schema)
+        _adapters[schema] = TypeAdapter(pydantic_type(schema))
     return _adapters[schema]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,12 @@ class RunTranslator:
         self.interrupts: list[Any] = []
         self.finished = False
         self.keepalive_due = False
+
+    def known(self, message_ids: set[str]) -> None:
+        """Messages the thread already holds: a node that returns the whole history (a supervisor's agent)
+        writes them again, and they must not reach the client twice."""
+        self._streamed |= message_ids
+        self._result_messages |= message_ids
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -294,6 +301,10 @@ class RunTranslator:
         """Messages a task wrote that are not on the wire yet: unstreamed replies, tool results."""
         events: list[Event] = []
         for message in written:
+            if message.id is None:
+                # e.g. a hand-off tool's messages: the reducer would mint an id after this event. Minted here on
+                # the same object, the id on the wire is the one the checkpoint keeps.
+                message.id = str(uuid.uuid4())
             if isinstance(message, AIMessage):
                 if message.id not in self._streamed:
                     events += self._emit_message(message, agent or message.name)
@@ -301,8 +312,7 @@ class RunTranslator:
                     self._add_usage(message.id, message.usage_metadata, message.response_metadata, {})
             elif isinstance(message, ToolMessage) and message.id not in self._result_messages:
                 # also for calls of an earlier run (an approved interrupt)
-                if message.id is not None:
-                    self._result_messages.add(message.id)
+                self._result_messages.add(message.id)
                 self._results.add(message.tool_call_id)
                 events.append(_event("TOOL_CALL_RESULT", messageId=message.id, toolCallId=message.tool_call_id,
                                      content=text_of(message.content), role="tool"))
