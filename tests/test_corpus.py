@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.agui_js import run_agui_client
@@ -24,8 +25,6 @@ def corpus(llm, tmp_path_factory):
 
 
 def agents(server: LoomServer) -> dict[str, dict]:
-    import httpx
-
     return {a["name"]: a for a in httpx.get(f"{server.url}/agents", timeout=10).json()}
 
 
@@ -162,12 +161,22 @@ def test_supervisor_team_streams_each_agent_by_name(corpus, llm):
     results = [e["toolCallId"] for e in wire if e["type"] == "TOOL_CALL_RESULT"]
     assert len(results) == len(set(results)) == len(tools)  # each result once, though subgraph and parent write it
     assert result["messages"][-1]["content"] == "Anything else?"
-    # Ids minted for the hand-off messages are the ones the thread keeps: the second turn did not fork it.
-    import httpx
-
+    # Ids minted for the hand-off messages are the ones the thread keeps, and the expert's own tool call (kept by
+    # the client, not by the supervisor's thread) did not fork it: the second turn only appended.
     thread = result["runs"][0]["input"]["threadId"]
-    stored = httpx.get(f"{corpus.url}/threads/{thread}/messages", timeout=10).json()["messages"]
-    assert [m["id"] for m in stored] == [m["id"] for m in result["messages"]]
+    stored = [m["id"] for m in httpx.get(f"{corpus.url}/threads/{thread}/messages", timeout=10).json()["messages"]]
+    assert [m["id"] for m in result["messages"] if m["id"] in stored] == stored
+    assert stored[-2:] == [m["id"] for m in result["messages"][-2:]] and len(stored) == len(result["messages"]) - 2
+    assert_tool_calls_answered_in_order(llm.requests()[-1])
+
+
+def assert_tool_calls_answered_in_order(request: dict) -> None:
+    """What OpenAI demands of a request: each assistant tool call answered by the tool messages right after it."""
+    messages = request["body"]["messages"]
+    for i, message in enumerate(messages):
+        if message.get("tool_calls"):
+            ids = [c["id"] for c in message["tool_calls"]]
+            assert [m.get("tool_call_id") for m in messages[i + 1:i + 1 + len(ids)]] == ids, messages
 
 
 def test_swarm_hands_off_and_the_next_turn_stays_with_the_new_agent(corpus, llm):
@@ -204,3 +213,23 @@ def test_free_text_interrupt_resumes_with_the_answer(corpus, llm):
     assert result["state"] == {"city": "Lyon"}
     assert [m.get("content") for m in result["messages"] if m["role"] == "assistant"] == [
         "Paris it is: sunny.", "Lyon: rainy."]
+
+
+def test_deep_agent_sub_agent_streams_under_its_name(corpus, llm):
+    llm.script({"tool_calls": [tool_call("task", {"description": "Find the weather in Rome.",
+                                                  "subagent_type": "general-purpose"})]},
+               {"text": "Rome is sunny, the sub-agent reports."},
+               {"text": "Rome is sunny."}, {"text": "Any time."})
+    result = run_agui_client(f"{corpus.url}/agents/deep", [{"op": "user", "content": "Rome?"},
+                                                           {"op": "user", "content": "thanks"}])
+    assert_clean(result)
+    wire = result["runs"][0]["wireEvents"]
+    starts = [(e.get("name"), e["messageId"]) for e in wire if e["type"] == "TEXT_MESSAGE_START"]
+    deltas = [e for e in wire if e["type"] == "TEXT_MESSAGE_CONTENT" and e["messageId"] == starts[0][1]]
+    assert starts[0][0] == "general-purpose" and len(deltas) > 3
+    assert [e["toolCallName"] for e in wire if e["type"] == "TOOL_CALL_START"] == ["task"]
+    # The sub-agent's reply stays out of the main agent's thread: the task call is still answered right after.
+    second = llm.requests()[-1]
+    assert "Rome is sunny, the sub-agent reports." not in [m.get("content") for m in second["body"]["messages"]
+                                                           if m["role"] == "assistant"]
+    assert_tool_calls_answered_in_order(second)

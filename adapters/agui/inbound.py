@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ag_ui.core import RunAgentInput
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage, ToolMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 from loom.adapters.agui.context import ContextError, context_fields, context_overrides, pydantic_type
@@ -50,6 +50,7 @@ def reconcile(stored: list[BaseMessage], sent: list[BaseMessage]) -> list[BaseMe
     - an unknown thread (restart, another replica) has nothing stored: every message is new.
     Returns [] when there is nothing to change.
     """
+    sent = _without_subagent_messages(stored, sent)
     common = 0
     for old, new in zip(stored, sent, strict=False):
         if not _same(old, new):
@@ -58,6 +59,16 @@ def reconcile(stored: list[BaseMessage], sent: list[BaseMessage]) -> list[BaseMe
     if common == len(stored):
         return sent[common:]
     return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *stored[:common], *sent[common:]]
+
+
+def _without_subagent_messages(stored: list[BaseMessage], sent: list[BaseMessage]) -> list[BaseMessage]:
+    """The client's history without assistant and tool messages the thread never kept, found between messages
+    it did keep: a sub-agent's streamed work (a deep agent's task, a supervisor's expert), which the client holds
+    because it was on the wire. Not an edit of the history; kept, it would break tool-call order."""
+    known = {m.id for m in stored}
+    last_known = max((i for i, m in enumerate(sent) if m.id in known), default=-1)
+    return [m for i, m in enumerate(sent)
+            if i > last_known or m.id in known or not isinstance(m, (AIMessage, ToolMessage))]
 
 
 def needs_answer(messages: list[BaseMessage]) -> bool:
