@@ -217,7 +217,8 @@ def after_read(state: State, runtime: Runtime[Context]) -> str:
     return "await_approval" if any(c["name"] not in frontend for c in state.get("letta_pending") or []) else END
 
 
-builder = StateGraph(State, context_schema=Context)
+# Input is the conversation only: the other keys are the graph's own, not state shared with AG-UI clients.
+builder = StateGraph(State, context_schema=Context, input_schema=MessagesState)
 builder.add_node(send)
 builder.add_node(read)
 builder.add_node(await_approval)

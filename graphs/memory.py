@@ -260,7 +260,8 @@ def after_model(state: State, runtime: Runtime[Context]) -> str:
     return "autosave" if ctx.auto_save and not _saved_this_turn(state) else END
 
 
-builder = StateGraph(State, context_schema=Context)
+# Input is the conversation only: the other keys are the graph's own, not state shared with AG-UI clients.
+builder = StateGraph(State, context_schema=Context, input_schema=MessagesState)
 builder.add_node(recall)
 builder.add_node(call_model)
 builder.add_node(dispatch_tools)

@@ -282,7 +282,8 @@ def fan_out(state: State, runtime: Runtime[Context]) -> list[Send] | str:
             for i in _selected(ctx, layer)]
 
 
-builder = StateGraph(State, context_schema=Context)
+# Input is the conversation only: the other keys are the graph's own, not state shared with AG-UI clients.
+builder = StateGraph(State, context_schema=Context, input_schema=MessagesState)
 builder.add_node(begin_turn)
 builder.add_node(propose)
 builder.add_node(end_layer)

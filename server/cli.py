@@ -38,10 +38,13 @@ def serve(
     host: str = typer.Option(None, help="Interface to bind (LOOM_HOST)."),
     port: int = typer.Option(None, help="Port (LOOM_PORT)."),
     log_level: str = typer.Option("info", help="Log level."),
+    config: str = typer.Option(None, "--config", help="The langgraph.json to serve (LOOM_GRAPHS; default "
+                                                      "./langgraph.json, else loom's own)."),
 ) -> None:
     """Run the AG-UI server. Without LOOM_LLM_BASE_URL it starts a tiny offline demo model first."""
     import uvicorn
 
+    _check_graphs(config)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per model request drowns the one line per run
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -55,6 +58,20 @@ def serve(
     finally:
         if local is not None:
             local.stop()
+
+
+def _check_graphs(config: str | None) -> None:
+    """Load the graphs before serving: a graph that cannot load is one clear line, not a traceback."""
+    from loom.server.registry import GraphLoadError, load_builders
+
+    if config is not None:
+        os.environ["LOOM_GRAPHS"] = os.path.abspath(config)  # worker processes read it too
+    try:
+        load_builders()
+    except GraphLoadError as exc:
+        Console(stderr=True).print(f"loom cannot start: {exc}", style="red", markup=False, highlight=False,
+                                   soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ag_ui.core import RunAgentInput
+from loom.adapters.agui.context import ContextError, configurable_values
 from loom.adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
 from loom.adapters.agui.outbound import RunTranslator
+from loom.adapters.agui.state import StateError, StateSync
 from loom.adapters.openpipe.reporter import current as openpipe_reporter
 from loom.adapters.openpipe.reporter import opted_out, system_task
 from loom.graphs.errors import classify
@@ -34,13 +36,19 @@ class PreparedRun:
     graph_input: Any  # a messages update, a resume Command, or None when there is nothing to do
     error: InputError | None = None  # a protocol-level refusal, reported as RUN_ERROR in the stream
     resumed_history: list | None = None  # the thread a resume continues, snapshotted to the client first
+    state: StateSync | None = None  # AG-UI shared state, for graphs with input keys beyond messages
+    known_ids: frozenset[str] = frozenset()  # messages the thread or the client hold before the run
 
 
 async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
     """Validate the request against the thread's checkpoint. Raises InputError for a malformed request."""
     context = runtime_context(entry.context_schema, run, user_id)
+    try:
+        configurable = configurable_values(run)  # graphs that read config["configurable"] (config_schema)
+    except ContextError as exc:
+        raise InputError("invalid_context", str(exc), exc.field) from None
     config = {
-        "configurable": {"thread_id": run.thread_id, "user_id": user_id},
+        "configurable": {**configurable, "thread_id": run.thread_id, "user_id": user_id},
         "metadata": {"agui_run_id": run.run_id, "user_id": user_id, "graph": entry.name},
     }
     if (reporter := openpipe_reporter()) is not None and not opted_out(run.forwarded_props):
@@ -52,7 +60,14 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
     snapshot = await entry.graph.aget_state(config)
     pending = list(snapshot.interrupts)
     stored = snapshot.values.get("messages", []) if snapshot.values else []
-    prepared = PreparedRun(entry, run, user_id, config, context, None)
+    prepared = PreparedRun(entry, run, user_id, config, context, None,
+                           known_ids=frozenset([*(m.id for m in stored if m.id), *(m.id for m in run.messages)]))
+    state_update: dict = {}
+    if entry.shared_keys is not None:
+        try:
+            prepared.state, state_update = StateSync.prepare(entry.shared_keys, run.state, snapshot.values)
+        except StateError as exc:
+            raise InputError("invalid_state", str(exc), exc.field) from None
     if run.resume:
         try:
             prepared.graph_input = resume_command(run, pending)
@@ -66,7 +81,7 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
             "interrupt_pending",
             "This thread is waiting for an answer to an interrupt; send resume[] covering every open interrupt.")
     elif needs_answer(history):
-        prepared.graph_input = {"messages": update}
+        prepared.graph_input = {"messages": update, **state_update}
     return prepared
 
 
@@ -82,10 +97,11 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
     """AG-UI events as SSE text. Cancelling the iteration (client gone) cancels the graph run."""
     run, entry = prepared.run, prepared.entry
     translator = RunTranslator(run.thread_id, run.run_id)
+    translator.known(set(prepared.known_ids))
     started = time.perf_counter()
     outcome = "error"
     try:
-        yield encode(translator.start())
+        yield encode(translator.start() + (prepared.state.opening() if prepared.state else []))
         if prepared.resumed_history is not None:
             # Results of the approved calls refer to tool calls streamed by the interrupted run; the snapshot
             # states that history in this stream (what the client already holds, so its merge keeps it).
@@ -97,11 +113,15 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
         if prepared.graph_input is not None:
             # durability="exit": one checkpoint write per run instead of per step. A run cut off midway leaves
             # the thread as it was, which reconciliation repairs from the history the client sends next time.
+            # subgraphs=True: a multi-agent graph's sub-agents stream their tokens like a single agent.
+            modes = [*STREAM_MODES, "values"] if prepared.state else STREAM_MODES
             stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
-                                         stream_mode=STREAM_MODES, version="v2", durability="exit")
+                                         stream_mode=modes, version="v2", durability="exit", subgraphs=True)
             async with aclosing(stream):  # closing it cancels the graph's running tasks
                 async for part in stream:
                     events = translator.feed(part)
+                    if prepared.state is not None:
+                        events += prepared.state.feed(part)
                     if events:
                         yield encode(events)
                     elif translator.keepalive_due:

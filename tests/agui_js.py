@@ -18,7 +18,8 @@ Scenario steps (executed in order on one ``HttpAgent``, i.e. one thread)::
     {"op": "run"}
         runAgent with the current messages.
 
-Any step may carry ``tools`` / ``forwardedProps`` to override the scenario-level ones for its run.
+Any step may carry ``tools`` / ``forwardedProps`` to override the scenario-level ones for its run, and
+``state`` to replace the client's shared state (``agent.setState``) before it.
 A run that fails (``runAgent`` rejects) ends the scenario; later steps are skipped. A step the
 harness cannot perform (nothing pending, unknown op) is recorded as a failed run whose error
 starts with ``"harness: "``.
@@ -37,6 +38,7 @@ Result::
         "wireEvents": [the SSE data payloads exactly as the server sent them],
      }],
      "messages": agent.messages at the end,
+     "state": agent.state at the end (AG-UI shared state; the scenario's ``state`` is the initial one),
      "warnings": [console.warn lines], "errors": [console.error lines]}
 
 ``events`` is what the client accepted (after its compatibility layer, schema enforcement and
@@ -81,6 +83,7 @@ def _scenario(
     tools: list[dict] | None,
     forwarded_props: dict | None,
     messages: list[dict] | None,
+    state: dict | None = None,
 ) -> str:
     scenario: dict[str, Any] = {"url": url, "steps": steps}
     if thread_id is not None:
@@ -93,6 +96,8 @@ def _scenario(
         scenario["forwardedProps"] = forwarded_props
     if messages is not None:
         scenario["messages"] = messages
+    if state is not None:
+        scenario["state"] = state
     return json.dumps(scenario)
 
 
@@ -116,6 +121,7 @@ def run_agui_client(
     tools: list[dict] | None = None,
     forwarded_props: dict | None = None,
     messages: list[dict] | None = None,
+    state: dict | None = None,
     timeout: float = 60,
 ) -> dict:
     """Run ``steps`` against ``url`` with ``@ag-ui/client``'s ``HttpAgent``; return the result.
@@ -124,7 +130,7 @@ def run_agui_client(
     :func:`arun_agui_client` from async code serving in-process).
     """
     command = _command()
-    payload = _scenario(url, steps, thread_id, headers, tools, forwarded_props, messages)
+    payload = _scenario(url, steps, thread_id, headers, tools, forwarded_props, messages, state)
     try:
         proc = subprocess.run(
             command, input=payload, capture_output=True, text=True, timeout=timeout, cwd=JS_DIR

@@ -37,7 +37,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class Studio:
     """`langgraph dev` in its own process group, its output in a log file."""
 
-    def __init__(self, log_path: Path, llm_url: str):
+    def __init__(self, log_path: Path, llm_url: str, config: Path | None = None):
+        self.config = config  # a langgraph.json other than the repository's
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -60,10 +61,12 @@ class Studio:
 
     def start(self) -> Studio:
         command = [str(LANGGRAPH), "dev", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--no-browser", "--no-reload"]
+                   "--no-browser", "--no-reload", *(["--config", str(self.config)] if self.config else [])]
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            # `langgraph dev` resolves graph paths from where it runs: the project's folder.
+            folder = self.config.parent if self.config else REPO
+            self.process = subprocess.Popen(command, cwd=folder, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = started + START_TIMEOUT
         while time.monotonic() < deadline:

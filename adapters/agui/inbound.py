@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ag_ui.core import RunAgentInput
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage, ToolMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
-from loom.adapters.agui.interrupts import agui_interrupts
+from loom.adapters.agui.context import ContextError, context_fields, context_overrides, pydantic_type
+from loom.adapters.agui.interrupts import agui_interrupts, is_agui_form, plain_answer
 from loom.adapters.agui.messages import MessageError, to_langchain
 from loom.graphs.context import SERVER_FIELDS
 from pydantic import TypeAdapter, ValidationError
@@ -50,6 +50,7 @@ def reconcile(stored: list[BaseMessage], sent: list[BaseMessage]) -> list[BaseMe
     - an unknown thread (restart, another replica) has nothing stored: every message is new.
     Returns [] when there is nothing to change.
     """
+    sent = _without_subagent_messages(stored, sent)
     common = 0
     for old, new in zip(stored, sent, strict=False):
         if not _same(old, new):
@@ -58,6 +59,16 @@ def reconcile(stored: list[BaseMessage], sent: list[BaseMessage]) -> list[BaseMe
     if common == len(stored):
         return sent[common:]
     return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *stored[:common], *sent[common:]]
+
+
+def _without_subagent_messages(stored: list[BaseMessage], sent: list[BaseMessage]) -> list[BaseMessage]:
+    """The client's history without assistant and tool messages the thread never kept, found between messages
+    it did keep: a sub-agent's streamed work (a deep agent's task, a supervisor's expert), which the client holds
+    because it was on the wire. Not an edit of the history; kept, it would break tool-call order."""
+    known = {m.id for m in stored}
+    last_known = max((i for i, m in enumerate(sent) if m.id in known), default=-1)
+    return [m for i, m in enumerate(sent)
+            if i > last_known or m.id in known or not isinstance(m, (AIMessage, ToolMessage))]
 
 
 def needs_answer(messages: list[BaseMessage]) -> bool:
@@ -92,8 +103,9 @@ def graph_messages(run: RunAgentInput, stored: list[BaseMessage]) -> tuple[list[
 def resume_command(run: RunAgentInput, pending: list[Any]) -> Command:
     """Map `resume[]` onto the thread's pending LangGraph interrupts. Every open interrupt must be answered.
 
-    Each graph interrupt resumes with `{agui_interrupt_id: {"status", "payload"}}` for the AG-UI interrupts it
-    stands for (see adapters/agui/interrupts.py).
+    A graph interrupt in AG-UI form resumes with `{agui_interrupt_id: {"status", "payload"}}` for the AG-UI
+    interrupts it stands for; any other (`interrupt("Which city?")`) with the answer's payload itself, as
+    LangGraph's own server resumes it (see adapters/agui/interrupts.py).
     """
     if not pending:
         raise InputError("no_pending_interrupt", "resume: this thread has no pending interrupt to resume", "resume")
@@ -107,7 +119,8 @@ def resume_command(run: RunAgentInput, pending: list[Any]) -> Command:
                 raise InputError("incomplete_resume", f"resume: interrupt {item['id']!r} has no answer; answer "
                                  "every open interrupt", "resume")
             values[item["id"]] = {"status": entry.status, "payload": entry.payload}
-        by_graph_interrupt[graph_interrupt.id] = values
+        by_graph_interrupt[graph_interrupt.id] = values if is_agui_form(graph_interrupt.value) else plain_answer(
+            next(iter(values.values())))
     if answers:
         unknown = ", ".join(repr(i) for i in answers)
         raise InputError("stale_resume", f"resume: {unknown} is not an open interrupt of this thread", "resume")
@@ -123,11 +136,11 @@ def runtime_context(context_schema: type | None, run: RunAgentInput, user_id: st
     """The graph's runtime context: defaults, overridden by `forwardedProps.context`, plus server fields."""
     if context_schema is None:
         return None
-    props = run.forwarded_props if isinstance(run.forwarded_props, dict) else {}
-    overrides = props.get("context") or {}
-    if not isinstance(overrides, dict):
-        raise InputError("invalid_context", "forwardedProps.context must be an object", "forwardedProps.context")
-    names = {f.name for f in dataclasses.fields(context_schema)}
+    try:
+        overrides = context_overrides(run)
+    except ContextError as exc:
+        raise InputError("invalid_context", str(exc), exc.field) from None
+    names = context_fields(context_schema)
     for key in overrides:
         if key in SERVER_FIELDS or key not in names:
             allowed = ", ".join(sorted(names - SERVER_FIELDS))
@@ -155,7 +168,7 @@ _adapters: dict[type, TypeAdapter] = {}
 def _adapter(schema: type) -> TypeAdapter:
     # Built once per graph: pydantic schema construction is far too slow for the request path.
     if schema not in _adapters:
-        _adapters[schema] = TypeAdapter(schema)
+        _adapters[schema] = TypeAdapter(pydantic_type(schema))
     return _adapters[schema]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,7 @@ class _Stream:
     text_done: bool = False
     reasoning_open: bool = False
     calls: dict[int, _Call] = field(default_factory=dict)
+    agent: str | None = None  # the sub-agent speaking, in a multi-agent graph
 
 
 class RunTranslator:
@@ -71,11 +73,18 @@ class RunTranslator:
         self._streamed: set[str] = set()  # assistant message ids already on the wire
         self._calls_started: dict[str, _Call] = {}
         self._results: set[str] = set()
+        self._result_messages: set[str] = set()  # tool message ids already sent (subgraph and parent both write)
         self._usage: list = []
         self._usage_seen: set[str] = set()
         self.interrupts: list[Any] = []
         self.finished = False
         self.keepalive_due = False
+
+    def known(self, message_ids: set[str]) -> None:
+        """Messages the thread already holds: a node that returns the whole history (a supervisor's agent)
+        writes them again, and they must not reach the client twice."""
+        self._streamed |= message_ids
+        self._result_messages |= message_ids
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -94,6 +103,8 @@ class RunTranslator:
             return []
         if kind == "tasks":
             data = part["data"]
+            if part.get("ns"):  # a node of a subgraph: its outputs, without a step of its own
+                return self._on_subgraph_result(data) if "result" in data else []
             return self._on_task_result(data) if "result" in data or "error" in data else self._on_task_start(data)
         if kind == "custom":
             return self._on_custom(part["data"])
@@ -145,8 +156,10 @@ class RunTranslator:
             stream = self._streams[message_id] = _Stream(message_id)
             self._streamed.add(message_id)
             # The top-level task (a subgraph's messages carry "node:task|inner:task"): its result closes them.
-            task = (metadata.get("langgraph_checkpoint_ns") or "").split("|")[0].rpartition(":")[2]
-            self._task_streams.setdefault(task, set()).add(message_id)
+            namespace = (metadata.get("langgraph_checkpoint_ns") or "").split("|")
+            self._task_streams.setdefault(namespace[0].rpartition(":")[2], set()).add(message_id)
+            stream.agent = metadata.get("lc_agent_name") or (namespace[0].partition(":")[0]
+                                                              if len(namespace) > 1 else None)
 
         reasoning = chunk.additional_kwargs.get("reasoning_content")
         text = chunk.content if isinstance(chunk.content, str) else text_of(chunk.content)
@@ -161,7 +174,8 @@ class RunTranslator:
             events += self._close_reasoning(stream)
             if not stream.text_open:
                 stream.text_open = True
-                events.append(_event("TEXT_MESSAGE_START", messageId=message_id, role="assistant"))
+                events.append(_event("TEXT_MESSAGE_START", messageId=message_id, role="assistant",
+                                     name=stream.agent))
             events.append(_event("TEXT_MESSAGE_CONTENT", messageId=message_id, delta=text))
         for call_chunk in chunk.tool_call_chunks:
             events += self._on_call_chunk(stream, call_chunk)
@@ -225,12 +239,12 @@ class RunTranslator:
             _event("TOOL_CALL_END", toolCallId=call["id"]),
         ]
 
-    def _emit_message(self, message: AIMessage) -> list[Event]:
+    def _emit_message(self, message: AIMessage, agent: str | None = None) -> list[Event]:
         """A message a node returned without streaming it (no LLM stream, or a hidden one)."""
         self._streamed.add(message.id)
         events: list[Event] = []
         if text := text_of(message.content):
-            events += [_event("TEXT_MESSAGE_START", messageId=message.id, role="assistant"),
+            events += [_event("TEXT_MESSAGE_START", messageId=message.id, role="assistant", name=agent),
                        _event("TEXT_MESSAGE_CONTENT", messageId=message.id, delta=text),
                        _event("TEXT_MESSAGE_END", messageId=message.id)]
         for call in message.tool_calls:
@@ -257,27 +271,51 @@ class RunTranslator:
         return []
 
     def _on_task_result(self, data: dict) -> list[Event]:
-        events: list[Event] = []
         written = _written_messages(data.get("result") or {})
         finals = {m.id: m for m in written if isinstance(m, AIMessage)}
+        events: list[Event] = []
         for message_id in self._task_streams.pop(data["id"], ()):
             events += self._close_stream(message_id, finals.get(message_id))
-        for message in written:
-            if isinstance(message, AIMessage):
-                if message.id not in self._streamed:
-                    events += self._emit_message(message)
-                if message.usage_metadata and message.id not in self._usage_seen:
-                    self._add_usage(message.id, message.usage_metadata, message.response_metadata, {})
-            elif isinstance(message, ToolMessage):  # also for calls of an earlier run (an approved interrupt)
-                self._results.add(message.tool_call_id)
-                events.append(_event("TOOL_CALL_RESULT", messageId=message.id, toolCallId=message.tool_call_id,
-                                     content=text_of(message.content), role="tool"))
+        events += self._on_written(written)
         self.interrupts += data.get("interrupts") or []
         name = self._task_names.pop(data["id"], data["name"])
         if self._steps[name] > 0:
             self._steps[name] -= 1
             if self._steps[name] == 0:
                 events.append(_event("STEP_FINISHED", stepName=name))
+        return events
+
+    def _on_subgraph_result(self, data: dict) -> list[Event]:
+        """A sub-agent's step ended: close what it streamed and send its tool results now, not when the whole
+        sub-agent returns. Its interrupts are reported by the top-level task it runs in."""
+        written = _written_messages(data.get("result") or {})
+        events: list[Event] = []
+        for message in written:
+            if isinstance(message, AIMessage) and message.id in self._streams:
+                events += self._close_stream(message.id, message)
+                for streams in self._task_streams.values():
+                    streams.discard(message.id)
+        return events + self._on_written(written)
+
+    def _on_written(self, written: list[BaseMessage], agent: str | None = None) -> list[Event]:
+        """Messages a task wrote that are not on the wire yet: unstreamed replies, tool results."""
+        events: list[Event] = []
+        for message in written:
+            if message.id is None:
+                # e.g. a hand-off tool's messages: the reducer would mint an id after this event. Minted here on
+                # the same object, the id on the wire is the one the checkpoint keeps.
+                message.id = str(uuid.uuid4())
+            if isinstance(message, AIMessage):
+                if message.id not in self._streamed:
+                    events += self._emit_message(message, agent or message.name)
+                if message.usage_metadata and message.id not in self._usage_seen:
+                    self._add_usage(message.id, message.usage_metadata, message.response_metadata, {})
+            elif isinstance(message, ToolMessage) and message.id not in self._result_messages:
+                # also for calls of an earlier run (an approved interrupt)
+                self._result_messages.add(message.id)
+                self._results.add(message.tool_call_id)
+                events.append(_event("TOOL_CALL_RESULT", messageId=message.id, toolCallId=message.tool_call_id,
+                                     content=text_of(message.content), role="tool"))
         return events
 
     def _on_custom(self, data: Any) -> list[Event]:

@@ -140,6 +140,8 @@ class Turn:
         if kind == "TEXT_MESSAGE_START":
             self._message(event["messageId"])
             self.out.paragraph = True
+            if event.get("name"):  # a multi-agent graph names the sub-agent speaking
+                await self.status.show(f"{event['name']} is answering…", important=True)
         elif kind == "TEXT_MESSAGE_CONTENT":
             message = self._message(event["messageId"])
             message["content"] = message.get("content", "") + event["delta"]

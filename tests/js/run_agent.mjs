@@ -2,8 +2,8 @@
 // what the client saw. Python tests call it through tests/agui_js.py; the scenario and result
 // formats are documented there.
 //
-// stdin:  one JSON scenario {url, headers?, threadId?, tools?, forwardedProps?, messages?, steps}
-// stdout: one JSON result   {runs, messages, warnings, errors}
+// stdin:  one JSON scenario {url, headers?, threadId?, tools?, forwardedProps?, messages?, state?, steps}
+// stdout: one JSON result   {runs, messages, state, warnings, errors}
 //
 // Nothing but the result may reach stdout, so every console method is redirected before the
 // client is imported (some of its warnings fire at module load or first use).
@@ -168,6 +168,7 @@ async function main() {
     headers: scenario.headers ?? {},
     ...(scenario.threadId ? { threadId: scenario.threadId } : {}),
     initialMessages: scenario.messages ?? [],
+    initialState: scenario.state ?? {},
     fetch: recorder.fetchFn,
   });
 
@@ -185,6 +186,7 @@ async function main() {
       pendingInterrupts: [],
     };
     let finished = null;
+    if (step.state !== undefined) agent.setState(step.state); // the client edits the shared state
     const subscriber = {
       // onEvent sees every event that passed the client's pipeline (compatibility layer, zod
       // enforcement, chunk expansion, verifyEvents), in order.
@@ -306,7 +308,7 @@ async function main() {
     if (!ok) break; // A failed run makes the rest of the conversation meaningless.
   }
 
-  return { runs, messages: clone(agent.messages), warnings, errors };
+  return { runs, messages: clone(agent.messages), state: clone(agent.state), warnings, errors };
 }
 
 let output;
