@@ -127,9 +127,10 @@ def test_client_tool_round_trip(llm, loom_sqlite, stream):
         assert call["id"] == "call_w" and call["name"] == "get_weather"
         assert json.loads(call["arguments"]) == {"city": "Paris"}
         assert llm.requests()[0]["body"]["tools"][-1]["function"]["name"] == "get_weather"
-        messages += [{"role": "assistant", "content": None, "tool_calls": [
-            {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]},
-            {"role": "tool", "tool_call_id": "call_w", "content": "22 C, sunny"}]
+        function = {"name": call["name"], "arguments": call["arguments"]}
+        messages += [{"role": "assistant", "content": None,
+                      "tool_calls": [{"id": call["id"], "type": "function", "function": function}]},
+                     {"role": "tool", "tool_call_id": "call_w", "content": "22 C, sunny"}]
         reply = c.chat.completions.create(model="agent", messages=messages, tools=[WEATHER])
     assert reply.choices[0].message.content == "Sunny in Paris."
     assert reply.choices[0].finish_reason == "stop"
