@@ -49,6 +49,13 @@ class Context(BaseContext):
     confirm_tools: list[str] = field(
         default_factory=list, metadata={"description": "Server-side tools that wait for the user's approval."}
     )
+    # Sampling, for every model call of the run (the OpenAI edge maps the request's parameters here).
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = field(
+        default=None, metadata={"description": "Sampling temperature; default: the model server's."})
+    max_tokens: Annotated[int, Field(ge=1)] | None = field(
+        default=None, metadata={"description": "Maximum tokens per model call; default: the model server's."})
+    stop: list[str] | None = field(default=None, metadata={"description": "Stop sequences."})
+    seed: int | None = field(default=None, metadata={"description": "Sampling seed, where the model takes one."})
 
 
 class State(MessagesState):
@@ -71,7 +78,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context or Context()
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
-    model = chat_model(ctx.model)
+    model = chat_model(ctx.model, ctx.temperature, ctx.max_tokens)
     tools = offered_tools(_backend_schemas(graph_settings().extra_tools), ctx)
 
     if turn_iterations(messages) >= ctx.max_iterations:
@@ -85,6 +92,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         bound = model.bind_tools(tools, tool_choice="any", parallel_tool_calls=False) if fresh_turn else model
     else:
         bound = model.bind_tools(tools)
+    if sampling := {k: v for k, v in (("stop", ctx.stop), ("seed", ctx.seed)) if v is not None}:
+        bound = bound.bind(**sampling)
     response = await bound.ainvoke([system, *answered_history(messages)])
     return {"messages": [response]}
 

@@ -202,3 +202,18 @@ def test_loom_context_overrides_and_unknown_keys(llm, loom_sqlite):
                                       extra_body={"loom": {"context": {"max_iterations": 0}}})
         with pytest.raises(openai.BadRequestError, match="loom.colour: unknown field"):
             c.chat.completions.create(model="agent", messages=hi(), extra_body={"loom": {"colour": "red"}})
+
+
+def test_sampling_parameters_reach_the_model_where_the_graph_takes_them(llm, loom_sqlite):
+    with client(loom_sqlite) as c:
+        reply = c.chat.completions.with_raw_response.create(
+            model="agent", messages=hi(), temperature=0.3, max_completion_tokens=50, stop="END", seed=7, top_p=0.5)
+        sent = llm.requests()[0]["body"]
+        assert (sent["temperature"], sent["stop"], sent["seed"]) == (0.3, ["END"], 7)
+        assert sent.get("max_completion_tokens", sent.get("max_tokens")) == 50
+        assert "top_p" not in sent and reply.headers["x-loom-ignored-params"] == "top_p"
+        moa = c.chat.completions.with_raw_response.create(model="moa", messages=hi(), temperature=0.3)
+        assert moa.headers["x-loom-ignored-params"] == "temperature"  # MoA sets its proposers' own
+        with pytest.raises(openai.BadRequestError, match="loom.context.temperature") as error:
+            c.chat.completions.create(model="agent", messages=hi(), temperature=5)
+        assert error.value.param == "loom.context.temperature"
