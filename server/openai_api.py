@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from loom.adapters.agui.inbound import InputError
 from loom.adapters.openai.inbound import RequestError, chat_request, model_of, named_user, thread_hint
 from loom.adapters.openai.outbound import DONE, ChunkTranslator, error_body, run_error_status, sse
+from loom.adapters.openai.threads import adopt_stored_turns
 from loom.server.auth import Caller, authenticate, resolve_user
 from loom.server.registry import GraphEntry
 from loom.server.runs import prepare_run, stream_run
@@ -95,9 +96,14 @@ async def chat_completions(request: Request):
         if entry is None:
             return _unknown_model(request, body["model"])
         fields = frozenset(entry.context_json_schema["properties"])  # what a client may set
-        chat = chat_request(body, thread_id=thread_hint(headers, entry.name), context_fields=fields, headers=headers,
+        hint = thread_hint(headers, entry.name)
+        chat = chat_request(body, thread_id=hint, context_fields=fields, headers=headers,
                             max_messages=settings.max_messages, max_tools=settings.max_tools)
         user_id = resolve_user(caller, named_user(headers, body) if caller.kind != "user" else None)
+        if hint is not None and "resume" not in chat.run:
+            snapshot = await entry.graph.aget_state({"configurable": {"thread_id": hint}})
+            stored = snapshot.values.get("messages", []) if snapshot.values else []
+            chat.run["messages"] = adopt_stored_turns(chat.run["messages"], stored)
         run = RunAgentInput.model_validate(chat.run)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _error(400, f"The body is not valid JSON: {exc}", "invalid_json")

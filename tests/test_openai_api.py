@@ -171,6 +171,19 @@ def test_threaded_conversation_sends_no_duplicates_and_regenerate_forks(llm, loo
     assert [(m["role"], m.get("content")) for m in stored] == [*expected, ("assistant", "Second, regenerated.")]
 
 
+def test_continuing_keeps_the_stored_turn_with_its_server_tool_calls(llm, loom_sqlite):
+    llm.script({"tool_calls": [{"id": "c7", "name": "calculator", "arguments": {"expression": "6*7"}}]},
+               {"text": "It is 42."}, {"text": "You are welcome."})
+    header = {"X-Loom-Thread": f"t-{uuid.uuid4()}"}
+    with client(loom_sqlite) as c:
+        answer = c.chat.completions.create(model="agent", messages=hi("6*7?"), extra_headers=header)
+        history = [*hi("6*7?"), {"role": "assistant", "content": answer.choices[0].message.content}, *hi("thanks")]
+        c.chat.completions.create(model="agent", messages=history, extra_headers=header)
+    sent = llm.requests()[2]["body"]["messages"][1:]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "user"]
+    assert sent[1]["tool_calls"][0]["id"] == "c7" and sent[2]["content"] == "42"
+
+
 def test_without_a_thread_hint_every_request_is_a_fresh_thread(llm, loom_sqlite):
     with client(loom_sqlite) as c:
         first = c.chat.completions.with_raw_response.create(model="agent", messages=hi("a"))

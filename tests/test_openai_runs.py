@@ -67,11 +67,13 @@ def test_a_pending_confirmation_is_never_left_hanging(llm, loom_sqlite):
                                          extra_headers=header).choices[0].message.content == "Done."
         with pytest.raises(openai.BadRequestError, match="another thread"):
             c.chat.completions.create(model="agent", messages=history, extra_headers={"X-Loom-Thread": "other"})
-        # The next turn re-sends the confirmation exchange: it is left out, the model never reads it.
+        # The next turn re-sends the confirmation exchange: it is left out, and the
+        # stored turn (the call, its result) stands for the answer the client shows.
         history += [{"role": "assistant", "content": "Done."}, *hi("thanks")]
         c.chat.completions.create(model="agent", messages=history, extra_headers=header)
     assert model_messages(llm.requests()[-1])[-2:] == [("assistant", "Done."), ("user", "thanks")]
     assert "loom_confirm" not in json.dumps(llm.requests()[-1]["body"]["messages"])
+    assert tool_results(llm.requests()[-1]) == ["deleted all records of users"]  # the stored turn, kept
 
 
 # --------------------------------------------------------------------------------------------- progress
