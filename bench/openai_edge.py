@@ -93,8 +93,9 @@ async def phase_load(loom: Server, mock: Server, rounds: int, runs: int, concurr
     mock.post_json(f"/_models/{MODEL}", json.dumps({"latency_ms": 0, "token_delay_ms": 0}).encode())
     rates: dict[str, list[float]] = {n: [] for n in ENDPOINTS}
     cpu: dict[str, list[float]] = {n: [] for n in ENDPOINTS}
-    for _ in range(rounds):
-        for name, (path, kind) in ENDPOINTS.items():
+    for round_ in range(rounds):
+        order = list(ENDPOINTS.items())
+        for name, (path, kind) in order if round_ % 2 == 0 else order[::-1]:  # ABBA: no endpoint always first
             cpu0 = loom.cpu_seconds()
             result = await run_load(HOST, loom.port, path, [body(name) for _ in range(runs)], kind, concurrency,
                                     deadline_s=120)
@@ -104,7 +105,7 @@ async def phase_load(loom: Server, mock: Server, rounds: int, runs: int, concurr
             cpu[name].append((loom.cpu_seconds() - cpu0) / len(result.ok) * 1000)
             print(f"    {name:<7} {rates[name][-1]:7.1f} runs/s  CPU {cpu[name][-1]:5.2f} ms/run", flush=True)
     mock.post_json("/_reset", b"{}")
-    return {n: {"rounds": rates[n] and [round(r, 1) for r in rates[n]], "runs_per_s": round(statistics.median(v), 1),
+    return {n: {"rounds": [round(r, 1) for r in rates[n]], "runs_per_s": round(statistics.median(v), 1),
                 "cpu_ms_per_run": round(statistics.median(cpu[n]), 2), "concurrency": concurrency}
             for n, v in rates.items()}
 
