@@ -96,7 +96,7 @@ async def chat_completions(request: Request):
         if entry is None:
             return _unknown_model(request, body["model"])
         fields = frozenset(entry.context_json_schema["properties"])  # what a client may set
-        hint = thread_hint(headers, entry.name)
+        hint = thread_hint(headers, entry.name, body)
         chat = chat_request(body, thread_id=hint, context_fields=fields, headers=headers,
                             max_messages=settings.max_messages, max_tools=settings.max_tools)
         user_id = resolve_user(caller, named_user(headers, body) if caller.kind != "user" else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from loom.adapters.openai import confirm
-from loom.adapters.openai.inbound import RequestError, agui_messages, chat_request
+from loom.adapters.openai.inbound import RequestError, agui_messages, chat_request, thread_hint
 from loom.adapters.openai.outbound import ChunkTranslator, usage_of
 from loom.adapters.openai.threads import adopt_stored_turns
 
@@ -79,3 +79,15 @@ def test_client_and_server_tool_calls_and_errors():
     assert failed.feed({"type": "RUN_ERROR", "code": "LLM_TIMEOUT", "message": "slow"}) == [
         {"error": {"message": "slow", "type": "server_error", "param": None, "code": "LLM_TIMEOUT"}}]
     assert usage_of(None) == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def test_thread_hints_and_openwebui_tasks():
+    chat = {"x-openwebui-chat-id": "c1"}
+    turn = {"messages": [{"role": "user", "content": "hi"}]}
+    title = {"messages": [{"role": "user", "content": "### Task:\nGenerate a title.\n<chat_history>\nUSER: hi\n"
+                                                      "</chat_history>"}]}
+    assert thread_hint(chat, "agent", turn) == "openwebui-c1-agent"
+    assert thread_hint(chat, "agent", title) is None  # a background task: its own fresh thread
+    assert thread_hint({**chat, "x-loom-task": "title_generation"}, "agent", turn) is None
+    assert thread_hint({**chat, "x-loom-thread": "mine"}, "agent", turn) == "mine"
+    assert thread_hint({}, "agent", turn) is None

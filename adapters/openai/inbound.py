@@ -21,6 +21,7 @@ SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_completion_toke
 EXTENSION_KEYS = frozenset({"context", "progress"})
 PROGRESS_HEADER = "x-loom-progress"
 THREAD_HEADER = "x-loom-thread"
+TASK_HEADER = "x-loom-task"
 OPENWEBUI_CHAT_HEADER = "x-openwebui-chat-id"  # sent with ENABLE_FORWARD_USER_INFO_HEADERS
 OPENWEBUI_USER_HEADER = "x-openwebui-user-id"
 
@@ -44,13 +45,28 @@ class ChatRequest:
     ignored: list[str] = field(default_factory=list)  # sampling parameters this graph has no setting for
 
 
-def thread_hint(headers: dict[str, str], graph: str) -> str | None:
-    """The loom thread a request continues: `X-Loom-Thread` as is, or an OpenWebUI chat (the pipe's thread)."""
+def thread_hint(headers: dict[str, str], graph: str, body: dict) -> str | None:
+    """The loom thread a request continues: `X-Loom-Thread` as is, or an OpenWebUI chat (the pipe's thread).
+
+    OpenWebUI sends its background tasks (titles, tags, follow-ups, queries) with the chat's id too; run on the
+    chat's thread, each would fork it. They run on a fresh thread: those that name themselves (`X-Loom-Task`,
+    e.g. a connection header `{"X-Loom-Task": "{{TASK}}"}`), and those with OpenWebUI's default task prompts.
+    """
+    if headers.get(TASK_HEADER, "").strip():
+        return None
     if thread := headers.get(THREAD_HEADER, "").strip():
         return thread
-    if chat := headers.get(OPENWEBUI_CHAT_HEADER, "").strip():
+    if (chat := headers.get(OPENWEBUI_CHAT_HEADER, "").strip()) and not _openwebui_task(body.get("messages")):
         return f"openwebui-{chat}-{graph}"
     return None
+
+
+def _openwebui_task(messages: Any) -> bool:
+    """A single user message in the shape of OpenWebUI's default task prompts."""
+    if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
+        return False
+    text = _text(messages[0].get("content") or "")
+    return messages[0].get("role") == "user" and text.startswith("### Task:") and "<chat_history>" in text
 
 
 def named_user(headers: dict[str, str], body: dict) -> str | None:
