@@ -49,8 +49,8 @@ class ChunkTranslator:
                  progress: bool = False, include_usage: bool = False, collect: bool = False):
         self.id, self.model, self.thread_id = completion_id, model, thread_id
         self.created = int(time.time())
-        self.client_tools, self.progress, self.include_usage, self.collect = client_tools, progress, include_usage, \
-            collect
+        self.client_tools, self.progress = client_tools, progress
+        self.include_usage, self.collect = include_usage, collect
         self.content: list[str] = []  # collected only for a non-streamed answer
         self.reasoning: list[str] = []
         self.tool_calls: list[dict] = []  # client tool calls and confirmations, as in a chat.completion
