@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from loom.adapters.agui.inbound import InputError
 from loom.adapters.openai.inbound import RequestError, chat_request, model_of, named_user, thread_hint
-from loom.adapters.openai.outbound import DONE, ChunkTranslator, error_body, run_error_status, sse
+from loom.adapters.openai.outbound import DONE, ChunkTranslator, error_body, run_error_status
 from loom.adapters.openai.threads import adopt_stored_turns
 from loom.server.auth import Caller, authenticate, resolve_user
 from loom.server.registry import GraphEntry
@@ -173,6 +173,6 @@ async def _chunks(events: AsyncIterator, translator: ChunkTranslator) -> AsyncIt
             if isinstance(batch, str):
                 yield batch  # keepalive comment: proxies keep a quiet stream open, clients skip it
                 continue
-            yield "".join(sse(chunk) for event in batch for chunk in translator.feed(event))
+            yield "".join(translator.sse(chunk) for event in batch for chunk in translator.feed(event))
     if translator.error is None:
         yield DONE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from loom.adapters.openai import confirm
@@ -91,3 +93,15 @@ def test_thread_hints_and_openwebui_tasks():
     assert thread_hint({**chat, "x-loom-task": "title_generation"}, "agent", turn) is None
     assert thread_hint({**chat, "x-loom-thread": "mine"}, "agent", turn) == "mine"
     assert thread_hint({}, "agent", turn) is None
+
+
+def test_sse_frames_are_the_chunks_json():
+    t = ChunkTranslator("id", "agent", "thread", client_tools=frozenset({"w"}), include_usage=True)
+    chunks = [c for e in [{"type": "RUN_STARTED"}, {"type": "TEXT_MESSAGE_START"},
+                          {"type": "TEXT_MESSAGE_CONTENT", "delta": 'a "quoted" ü'},
+                          {"type": "TOOL_CALL_START", "toolCallId": "c", "toolCallName": "w"},
+                          {"type": "RUN_FINISHED", "outcome": {"type": "success"}}] for c in t.feed(e)]
+    assert len(chunks) == 5
+    for chunk in chunks:
+        frame = t.sse(chunk)
+        assert frame.startswith("data: ") and frame.endswith("\n\n") and json.loads(frame[6:]) == chunk

@@ -62,6 +62,18 @@ class ChunkTranslator:
         self._client_calls: dict[str, int] = {}  # tool call id -> index in tool_calls
         self._server_calls: dict[str, tuple[str, str]] = {}  # id -> (name, arguments so far)
         self._proposals: dict[Any, list[dict]] = {}
+        self._head: str | None = None  # `data: {"id":…,"choices":[{"index":0,"delta":` once encoded
+
+    def sse(self, chunk: dict) -> str:
+        """One chunk as an SSE frame. A plain delta reuses the encoded envelope: per token only the delta is
+        encoded (the same JSON as encoding the whole chunk)."""
+        choices = chunk.get("choices")
+        if choices and choices[0]["finish_reason"] is None and "usage" not in chunk and "error" not in chunk:
+            if self._head is None:
+                envelope = _dumps({k: chunk[k] for k in ("id", "object", "created", "model")})
+                self._head = f'data: {envelope[:-1]},"choices":[{{"index":0,"delta":'
+            return f"{self._head}{_dumps(choices[0]['delta'])}{_DELTA_TAIL}"
+        return sse(chunk)
 
     def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -201,4 +213,5 @@ def sse(chunk: dict) -> str:
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_DELTA_TAIL = ',"finish_reason":null}]}\n\n'
 DONE = "data: [DONE]\n\n"
