@@ -14,7 +14,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from loom.graphs.config import graph_settings
-from loom.graphs.context import BaseContext, client_context_prompt
+from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.toolloop import (
     after_tools,
@@ -37,7 +37,7 @@ SYSTEM_PROMPT = (
 
 
 @dataclass(kw_only=True)
-class Context(BaseContext):
+class Context(BaseContext, SamplingContext):
     model: str | None = field(default=None, metadata={"description": "Chat model; default: LOOM_LLM_MODEL."})
     system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"description": "System prompt."})
     max_iterations: Annotated[int, Field(ge=1, le=100)] = field(
@@ -49,13 +49,6 @@ class Context(BaseContext):
     confirm_tools: list[str] = field(
         default_factory=list, metadata={"description": "Server-side tools that wait for the user's approval."}
     )
-    # Sampling, for every model call of the run (the OpenAI edge maps the request's parameters here).
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = field(
-        default=None, metadata={"description": "Sampling temperature; default: the model server's."})
-    max_tokens: Annotated[int, Field(ge=1)] | None = field(
-        default=None, metadata={"description": "Maximum tokens per model call; default: the model server's."})
-    stop: list[str] | None = field(default=None, metadata={"description": "Stop sequences."})
-    seed: int | None = field(default=None, metadata={"description": "Sampling seed, where the model takes one."})
 
 
 class State(MessagesState):
@@ -92,8 +85,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         bound = model.bind_tools(tools, tool_choice="any", parallel_tool_calls=False) if fresh_turn else model
     else:
         bound = model.bind_tools(tools)
-    if sampling := {k: v for k, v in (("stop", ctx.stop), ("seed", ctx.seed)) if v is not None}:
-        bound = bound.bind(**sampling)
+    if options := ctx.call_options():
+        bound = bound.bind(**options)
     response = await bound.ainvoke([system, *answered_history(messages)])
     return {"messages": [response]}
 

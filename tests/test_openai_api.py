@@ -225,6 +225,10 @@ def test_sampling_parameters_reach_the_model_where_the_graph_takes_them(llm, loo
         assert (sent["temperature"], sent["stop"], sent["seed"]) == (0.3, ["END"], 7)
         assert sent.get("max_completion_tokens", sent.get("max_tokens")) == 50
         assert "top_p" not in sent and reply.headers["x-loom-ignored-params"] == "top_p"
+        llm.reset()
+        c.chat.completions.create(model="memory", messages=hi(), temperature=0.4, seed=3,
+                                  extra_body={"loom": {"context": {"auto_save": False}}})
+        assert (llm.requests()[0]["body"]["temperature"], llm.requests()[0]["body"]["seed"]) == (0.4, 3)
         moa = c.chat.completions.with_raw_response.create(model="moa", messages=hi(), temperature=0.3)
         assert moa.headers["x-loom-ignored-params"] == "temperature"  # MoA sets its proposers' own
         with pytest.raises(openai.BadRequestError, match="loom.context.temperature") as error:
