@@ -14,7 +14,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from loom.graphs.config import graph_settings
-from loom.graphs.context import BaseContext, client_context_prompt
+from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.toolloop import (
     after_tools,
@@ -37,7 +37,7 @@ SYSTEM_PROMPT = (
 
 
 @dataclass(kw_only=True)
-class Context(BaseContext):
+class Context(BaseContext, SamplingContext):
     model: str | None = field(default=None, metadata={"description": "Chat model; default: LOOM_LLM_MODEL."})
     system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"description": "System prompt."})
     max_iterations: Annotated[int, Field(ge=1, le=100)] = field(
@@ -71,7 +71,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context or Context()
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + client_context_prompt(ctx.client_context))
-    model = chat_model(ctx.model)
+    model = chat_model(ctx.model, ctx.temperature, ctx.max_tokens)
     tools = offered_tools(_backend_schemas(graph_settings().extra_tools), ctx)
 
     if turn_iterations(messages) >= ctx.max_iterations:
@@ -85,6 +85,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         bound = model.bind_tools(tools, tool_choice="any", parallel_tool_calls=False) if fresh_turn else model
     else:
         bound = model.bind_tools(tools)
+    if options := ctx.call_options():
+        bound = bound.bind(**options)
     response = await bound.ainvoke([system, *answered_history(messages)])
     return {"messages": [response]}
 

@@ -31,7 +31,7 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime, get_runtime
 from loom.graphs.config import graph_settings
-from loom.graphs.context import BaseContext, client_context_prompt
+from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
@@ -61,7 +61,7 @@ EXTRACTION_PROMPT = (
 
 
 @dataclass(kw_only=True)
-class Context(BaseContext):
+class Context(BaseContext, SamplingContext):
     model: str | None = field(default=None, metadata={"description": "Chat model; default: LOOM_LLM_MODEL."})
     system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"description": "System prompt."})
     recall: Annotated[int | None, Field(ge=0, le=100)] = field(
@@ -172,7 +172,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     messages = state["messages"]
     system = SystemMessage(ctx.system_prompt + _memory_prompt(state.get("recalled") or [])
                            + client_context_prompt(ctx.client_context))
-    model = chat_model(ctx.model)
+    model = chat_model(ctx.model, ctx.temperature, ctx.max_tokens)
     tools = offered_tools(TOOL_SCHEMAS, ctx)
     if turn_iterations(messages) >= ctx.max_iterations:
         system.content += "\n\nThe tool budget for this turn is used up: answer now from what you have."
@@ -184,6 +184,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         bound = model
     else:
         bound = model.bind_tools(tools)
+    if options := ctx.call_options():
+        bound = bound.bind(**options)
     response = await bound.ainvoke([system, *answered_history(messages)])
     return {"messages": [response]}
 

@@ -17,6 +17,7 @@ from loom.graphs.llm import close_http_clients
 from loom.server.auth import authenticate, resolve_user
 from loom.server.history_api import router as history_router
 from loom.server.memory_api import router as memory_router
+from loom.server.openai_api import router as openai_router
 from loom.server.openpipe_api import router as openpipe_router
 from loom.server.persistence import open_persistence
 from loom.server.registry import GraphEntry, compile_all
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(memory_router)
     app.include_router(openpipe_router)
     app.include_router(history_router)
+    app.include_router(openai_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -93,8 +93,9 @@ def encode(events: list[dict]) -> str:
     return "".join(f"data: {_dumps(event)}\n\n" for event in events)
 
 
-async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
-    """AG-UI events as SSE text. Cancelling the iteration (client gone) cancels the graph run."""
+async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] = encode) -> AsyncIterator[Any]:
+    """AG-UI events as SSE text (or as `encode` makes them: the OpenAI edge takes the event dicts).
+    Cancelling the iteration (client gone) cancels the graph run."""
     run, entry = prepared.run, prepared.entry
     translator = RunTranslator(run.thread_id, run.run_id)
     translator.known(set(prepared.known_ids))
