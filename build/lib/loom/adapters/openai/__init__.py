@@ -1,0 +1,1 @@
+"""OpenAI Chat Completions <-> AG-UI: loom's graphs for clients that speak only the OpenAI protocol."""

@@ -1,0 +1,1 @@
+"""OpenPipe: an async REST client (report, datasets), the run reporter, and thread → dataset entries."""

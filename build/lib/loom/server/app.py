@@ -1,0 +1,184 @@
+"""The FastAPI app: every graph in langgraph.json as an AG-UI 1.0 endpoint."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from contextlib import asynccontextmanager
+
+from ag_ui.core import RunAgentInput
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from loom.adapters.agui.inbound import InputError, user_from_props
+from loom.adapters.openpipe.reporter import Reporter
+from loom.graphs.llm import close_http_clients
+from loom.server.auth import authenticate, resolve_user
+from loom.server.history_api import router as history_router
+from loom.server.memory_api import router as memory_router
+from loom.server.openai_api import router as openai_router
+from loom.server.openpipe_api import router as openpipe_router
+from loom.server.persistence import open_persistence
+from loom.server.registry import GraphEntry, compile_all
+from loom.server.runs import prepare_run, stream_run
+from loom.server.settings import Settings, get_settings
+from loom.server.sse import EventStreamResponse
+from pydantic import ValidationError
+
+log = logging.getLogger("loom.server")
+
+DEMO_NOTE = ("A tiny offline demo model (Gemma 3 270M, base checkpoint) is answering: expect weak answers. "
+             "Point loom at a real model with LOOM_LLM_BASE_URL, LOOM_LLM_API_KEY and LOOM_LLM_MODEL.")
+
+
+def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with open_persistence(settings.database_url) as (checkpointer, store):
+            app.state.graphs = compile_all(checkpointer, store)
+            app.state.store = store  # the memory REST API and the graphs share it
+            app.state.busy_threads = set()
+            for entry in app.state.graphs.values():
+                entry.context_json_schema  # noqa: B018 — build schemas at start-up, not on a request
+            if settings.demo_model:
+                log.warning(DEMO_NOTE)
+            # Start-up objects (graphs, schemas, libraries) never die: keep them out of every later full
+            # collection, which otherwise cost a fresh server a 110-145 ms pause mid-run (bench/moa.py).
+            gc.collect()
+            gc.freeze()
+            reporter = Reporter(settings).start() if settings.openpipe_enabled else None
+            try:
+                yield
+            finally:
+                if reporter is not None:
+                    await reporter.stop()  # flush what is queued, bounded by LOOM_OPENPIPE_FLUSH_SECONDS
+                await close_http_clients()
+
+    app = FastAPI(title="loom", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(memory_router)
+    app.include_router(openpipe_router)
+    app.include_router(history_router)
+    app.include_router(openai_router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own validation (query parameters, JSON bodies of the REST routes) in loom's error shape."""
+        error = exc.errors()[0]
+        field = _field_path(tuple(p for p in error["loc"] if p not in ("body", "query", "path")))
+        return _error(422, "invalid_input", f"{field}: {error['msg']}", field=field)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, dict) else {"code": "http_error", "message": str(exc.detail)}
+        return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/health")
+    async def health() -> dict:
+        model = {"base_url": settings.llm_base_url, "model": settings.llm_model, "demo": settings.demo_model}
+        if settings.demo_model:
+            model["note"] = DEMO_NOTE
+        database = "postgresql" if settings.database_url.startswith("postgres") else "sqlite"
+        return {"status": "ok", "graphs": sorted(app.state.graphs), "model": model, "database": database}
+
+    @app.get("/agents")
+    async def agents(request: Request) -> list[dict]:
+        authenticate(request, settings)
+        return [{"name": e.name, "description": e.description, "contextSchema": e.context_json_schema}
+                for e in app.state.graphs.values()]
+
+    @app.get("/openwebui/pipe.py")
+    async def openwebui_pipe(request: Request):
+        """The OpenWebUI pipe, its Loom URL the one this request reached. No key needed: it holds none."""
+        from fastapi.responses import PlainTextResponse
+        from loom.adapters.openwebui.bundle import render_pipe
+
+        return PlainTextResponse(render_pipe(str(request.base_url)),
+                                 headers={"content-disposition": 'inline; filename="loom_pipe.py"'})
+
+    @app.post("/agents/{name}")
+    async def run_agent(name: str, request: Request):
+        caller = authenticate(request, settings)
+        entry: GraphEntry | None = app.state.graphs.get(name)
+        if entry is None:
+            return _error(404, "unknown_agent", f"No agent named {name!r}; available: {', '.join(app.state.graphs)}")
+        body = await _read_body(request, settings.max_body_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        run = _parse_run(body, settings)
+        if isinstance(run, JSONResponse):
+            return run
+        user_id = resolve_user(caller, user_from_props(run))
+        busy: set[str] = app.state.busy_threads
+        if run.thread_id in busy:
+            return _error(409, "thread_busy", f"Thread {run.thread_id!r} already has a run in progress.")
+        busy.add(run.thread_id)  # before the first await: two requests for one thread cannot both pass
+        try:
+            prepared = await prepare_run(entry, run, user_id)
+        except BaseException as exc:
+            busy.discard(run.thread_id)
+            if isinstance(exc, InputError):
+                return _error(422, exc.code, str(exc), field=exc.field)
+            raise
+        return EventStreamResponse(stream_run(prepared), on_close=lambda: busy.discard(run.thread_id))
+
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
+    too_large = _error(413, "body_too_large", f"The request body exceeds {limit} bytes (LOOM_MAX_BODY_BYTES).",
+                       limit=limit)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_run(body: bytes, settings: Settings) -> RunAgentInput | JSONResponse:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(422, "invalid_json", f"The body is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        return _error(422, "invalid_input", "The body must be a RunAgentInput object.")
+    # Count before validating: a huge list should be refused without the cost of parsing every item.
+    for key, limit, setting in (("messages", settings.max_messages, "LOOM_MAX_MESSAGES"),
+                                ("tools", settings.max_tools, "LOOM_MAX_TOOLS")):
+        if isinstance(data.get(key), list) and len(data[key]) > limit:
+            return _error(422, f"too_many_{key}", f"{key}: {len(data[key])} items exceed the limit of {limit} "
+                          f"({setting}).", field=key, limit=limit)
+    try:
+        return RunAgentInput.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = _field_path(error["loc"])
+        return _error(422, "invalid_input", f"{field}: {error['msg']}", field=field)
+
+
+def _field_path(loc: tuple) -> str:
+    """pydantic's error location as a JSON path with wire names, e.g. messages[2].toolCallId."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("user", "assistant", "system", "developer", "tool", "activity", "reasoning", "text",
+                      "image", "audio", "video", "document", "data", "url", "file"):
+            continue  # discriminated-union tags, not fields
+        else:
+            head, *rest = str(part).split("_")
+            name = head + "".join(w.title() for w in rest)
+            path += f".{name}" if path else name
+    return path or "body"

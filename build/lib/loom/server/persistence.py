@@ -1,0 +1,62 @@
+"""Checkpointer and store from LOOM_DATABASE_URL: an embedded SQLite file, or PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.store.base import BaseStore
+
+
+@asynccontextmanager
+async def open_persistence(database_url: str) -> AsyncIterator[tuple[BaseCheckpointSaver, BaseStore]]:
+    if database_url.startswith(("postgresql://", "postgres://")):
+        async with _postgres(database_url) as pair:
+            yield pair
+    elif database_url.startswith("sqlite:///"):
+        async with _sqlite(database_url.removeprefix("sqlite:///")) as pair:
+            yield pair
+    else:
+        raise ValueError(f"LOOM_DATABASE_URL must start with sqlite:/// or postgresql://, got {database_url!r}")
+
+
+@asynccontextmanager
+async def _sqlite(path: str):
+    from pathlib import Path
+
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    from langgraph.store.sqlite.aio import AsyncSqliteStore
+
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # WAL lets readers (state reads) proceed while a run writes checkpoints.
+    async with aiosqlite.connect(path, isolation_level=None) as saver_conn, \
+            aiosqlite.connect(path, isolation_level=None) as store_conn:
+        for conn in (saver_conn, store_conn):
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute("PRAGMA busy_timeout=5000")
+        saver = AsyncSqliteSaver(saver_conn)
+        store = AsyncSqliteStore(store_conn)
+        await saver.setup()
+        await store.setup()
+        yield saver, store
+
+
+@asynccontextmanager
+async def _postgres(url: str):
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from langgraph.store.postgres.aio import AsyncPostgresStore
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    async with AsyncConnectionPool(url, min_size=1, max_size=20, kwargs=kwargs, open=False) as pool:
+        await pool.open(wait=True, timeout=10)
+        saver = AsyncPostgresSaver(pool)
+        store = AsyncPostgresStore(pool)
+        await saver.setup()
+        await store.setup()
+        yield saver, store

@@ -1,0 +1,149 @@
+"""One AG-UI run of one graph: prepare (may fail with an HTTP error), then stream events (may end in RUN_ERROR)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from ag_ui.core import RunAgentInput
+from loom.adapters.agui.context import ContextError, configurable_values
+from loom.adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
+from loom.adapters.agui.outbound import RunTranslator
+from loom.adapters.agui.state import StateError, StateSync
+from loom.adapters.openpipe.reporter import current as openpipe_reporter
+from loom.adapters.openpipe.reporter import opted_out, system_task
+from loom.graphs.errors import classify
+from loom.server.registry import GraphEntry
+
+log = logging.getLogger("loom.run")
+
+STREAM_MODES = ["messages", "tasks", "custom"]
+
+
+@dataclass
+class PreparedRun:
+    entry: GraphEntry
+    run: RunAgentInput
+    user_id: str
+    config: dict
+    context: Any
+    graph_input: Any  # a messages update, a resume Command, or None when there is nothing to do
+    error: InputError | None = None  # a protocol-level refusal, reported as RUN_ERROR in the stream
+    resumed_history: list | None = None  # the thread a resume continues, snapshotted to the client first
+    state: StateSync | None = None  # AG-UI shared state, for graphs with input keys beyond messages
+    known_ids: frozenset[str] = frozenset()  # messages the thread or the client hold before the run
+
+
+async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
+    """Validate the request against the thread's checkpoint. Raises InputError for a malformed request."""
+    context = runtime_context(entry.context_schema, run, user_id)
+    try:
+        configurable = configurable_values(run)  # graphs that read config["configurable"] (config_schema)
+    except ContextError as exc:
+        raise InputError("invalid_context", str(exc), exc.field) from None
+    config = {
+        "configurable": {**configurable, "thread_id": run.thread_id, "user_id": user_id},
+        "metadata": {"agui_run_id": run.run_id, "user_id": user_id, "graph": entry.name},
+    }
+    if (reporter := openpipe_reporter()) is not None and not opted_out(run.forwarded_props):
+        # OpenPipe rides along as a callback: it stores references at model start/end, a background task sends.
+        handler = reporter.handler(graph=entry.name, thread_id=run.thread_id, user_id=user_id, run_id=run.run_id,
+                                   task=system_task(run.forwarded_props))
+        if handler is not None:
+            config["callbacks"] = [handler]
+    snapshot = await entry.graph.aget_state(config)
+    pending = list(snapshot.interrupts)
+    stored = snapshot.values.get("messages", []) if snapshot.values else []
+    prepared = PreparedRun(entry, run, user_id, config, context, None,
+                           known_ids=frozenset([*(m.id for m in stored if m.id), *(m.id for m in run.messages)]))
+    state_update: dict = {}
+    if entry.shared_keys is not None:
+        try:
+            prepared.state, state_update = StateSync.prepare(entry.shared_keys, run.state, snapshot.values)
+        except StateError as exc:
+            raise InputError("invalid_state", str(exc), exc.field) from None
+    if run.resume:
+        try:
+            prepared.graph_input = resume_command(run, pending)
+            prepared.resumed_history = stored
+        except InputError as exc:
+            prepared.error = exc
+        return prepared
+    update, history = graph_messages(run, stored)
+    if pending:
+        prepared.error = InputError(
+            "interrupt_pending",
+            "This thread is waiting for an answer to an interrupt; send resume[] covering every open interrupt.")
+    elif needs_answer(history):
+        prepared.graph_input = {"messages": update, **state_update}
+    return prepared
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def encode(events: list[dict]) -> str:
+    """SSE frames, one `data:` line per event (JSON never contains a raw newline)."""
+    return "".join(f"data: {_dumps(event)}\n\n" for event in events)
+
+
+async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] = encode) -> AsyncIterator[Any]:
+    """AG-UI events as SSE text (or as `encode` makes them: the OpenAI edge takes the event dicts).
+    Cancelling the iteration (client gone) cancels the graph run."""
+    run, entry = prepared.run, prepared.entry
+    translator = RunTranslator(run.thread_id, run.run_id)
+    translator.known(set(prepared.known_ids))
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield encode(translator.start() + (prepared.state.opening() if prepared.state else []))
+        if prepared.resumed_history is not None:
+            # Results of the approved calls refer to tool calls streamed by the interrupted run; the snapshot
+            # states that history in this stream (what the client already holds, so its merge keeps it).
+            yield encode([translator.snapshot(prepared.resumed_history)])
+        if prepared.error is not None:
+            outcome = f"error:{prepared.error.code}"
+            yield encode(translator.error(str(prepared.error), prepared.error.code.upper()))
+            return
+        if prepared.graph_input is not None:
+            # durability="exit": one checkpoint write per run instead of per step. A run cut off midway leaves
+            # the thread as it was, which reconciliation repairs from the history the client sends next time.
+            # subgraphs=True: a multi-agent graph's sub-agents stream their tokens like a single agent.
+            modes = [*STREAM_MODES, "values"] if prepared.state else STREAM_MODES
+            stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
+                                         stream_mode=modes, version="v2", durability="exit", subgraphs=True)
+            async with aclosing(stream):  # closing it cancels the graph's running tasks
+                async for part in stream:
+                    events = translator.feed(part)
+                    if prepared.state is not None:
+                        events += prepared.state.feed(part)
+                    if events:
+                        yield encode(events)
+                    elif translator.keepalive_due:
+                        translator.keepalive_due = False
+                        yield ": keepalive\n\n"
+        messages = None
+        if translator.interrupts:
+            messages = (await entry.graph.aget_state(prepared.config)).values.get("messages", [])
+        outcome = "interrupt" if translator.interrupts else (
+            "pending_tools" if translator.pending_tool_calls else "success")
+        yield encode(translator.finish(messages))
+    except (asyncio.CancelledError, GeneratorExit):
+        outcome = "cancelled"
+        raise
+    except Exception as exc:
+        code, message = classify(exc)
+        outcome = f"error:{code}"
+        log.debug("run failed", exc_info=exc)
+        if not translator.finished:
+            yield encode(translator.error(message, code))
+    finally:
+        log.info("run graph=%s thread=%s run=%s user=%s duration_ms=%.0f outcome=%s", entry.name, run.thread_id,
+                 run.run_id, prepared.user_id, (time.perf_counter() - started) * 1000, outcome)
+

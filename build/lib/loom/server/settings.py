@@ -1,0 +1,109 @@
+"""Settings from the environment (prefix `LOOM_`). Every default works offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from loom.adapters.letta.config import LettaSettings, letta_settings
+from loom.graphs.config import GraphSettings, graph_settings
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One accepted key: bound to a single user, or a trusted proxy that names the user per request."""
+
+    key: str
+    user_id: str | None = None
+    proxy: bool = False
+
+
+def parse_api_keys(raw: str | list) -> list[ApiKey]:
+    """`KEY=user:ID` binds a key to one user; `KEY=proxy` marks a trusted proxy (e.g. the OpenWebUI pipe).
+
+    Entries are separated by commas or whitespace.
+    """
+    if isinstance(raw, list):
+        return raw
+    keys: list[ApiKey] = []
+    for entry in raw.replace(",", " ").split():
+        key, sep, role = entry.partition("=")
+        if not sep or not key:
+            raise ValueError(f"LOOM_API_KEYS entry {entry[:4]}… must be KEY=user:ID or KEY=proxy")
+        if role == "proxy":
+            keys.append(ApiKey(key=key, proxy=True))
+        elif role.startswith("user:") and len(role) > 5:
+            keys.append(ApiKey(key=key, user_id=role[5:]))
+        else:
+            raise ValueError(f"LOOM_API_KEYS entry {key[:4]}…: role must be user:ID or proxy, got {role!r}")
+    return keys
+
+
+class Settings(GraphSettings, LettaSettings):
+    """The server's settings: the graphs' and Letta's own (LLM, memory, Letta) plus serving, keys and OpenPipe."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore")
+
+    database_url: str = Field("sqlite:///./.loom/loom.db", description="sqlite:///path or postgresql://…")
+
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
+
+    # OpenPipe (adapters/openpipe): every chat-model call reported off the request path; datasets from threads.
+    openpipe_enabled: bool = Field(False, description="Report every chat-model call to OpenPipe.")
+    openpipe_api_key: str | None = None
+    openpipe_base_url: str = Field("https://api.openpipe.ai/api/v1", description="OpenPipe API base.")
+    openpipe_timeout: float = Field(10.0, description="Seconds one OpenPipe request may take.")
+    openpipe_report_chat: bool = Field(True, description="Report chat, MoA and memory calls.")
+    openpipe_report_system_tasks: bool = Field(True, description="Report OpenWebUI system tasks (titles, tags).")
+    openpipe_report_tool_interactions: bool = Field(True, description="Report calls that offer or call tools.")
+    openpipe_user_id: str = Field("plain", description="User id in report metadata: plain, hashed or off.")
+    openpipe_metadata: dict[str, str] = Field(default_factory=dict, description="Custom metadata (JSON object).")
+    openpipe_queue_size: int = Field(1000, description="Reports held before the oldest is dropped.")
+    openpipe_batch_size: int = Field(20, description="Reports sent concurrently per batch.")
+    openpipe_max_retries: int = Field(3, description="Retries (backoff with jitter) of one report.")
+    openpipe_flush_seconds: float = Field(5.0, description="Seconds shutdown waits to send what is queued.")
+    openpipe_preference_pairs: bool = Field(True, description="Datasets: regenerated answers as preference pairs.")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Request limits (413/422 name the limit that was hit).
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_messages: int = 500
+    max_tools: int = 128
+
+    # Embedded demo model (used only when llm_base_url is unset).
+    local_llm_port: int = 0
+    local_llm_threads: int = 2
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value):
+        return parse_api_keys(value or "")
+
+    @property
+    def uses_demo_model(self) -> bool:
+        return not self.llm_base_url
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///"))
+        return None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Read the environment again, for the server and for what the graphs and adapters read themselves."""
+    for cached in (get_settings, graph_settings, letta_settings):
+        cached.cache_clear()
+    return get_settings()
