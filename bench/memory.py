@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.memory            # ~3 min on 2 cores (embedding 10,000 memories takes most of it)
     .venv/bin/python -m bench.memory --quick    # 2,000 memories, fewer runs
 
-Part 1, in process (graphs.memory_store.StoreMemoryBackend on an SQLite store, the bundled all-MiniLM-L6-v2):
+Part 1, in process (graphs.memory_store.StoreMemoryBackend on an SQLite store, the `memory` extra's
+  all-MiniLM-L6-v2, int8 on ONNX Runtime):
   one user with N memories (generated sentences, plus tests/memory_quality_set.py's 40); search p50/p99 for
   lexical (BM25) and hybrid (BM25 + embeddings, RRF) with the index warm, and the first search after a write
   (the index reloads from the store).
