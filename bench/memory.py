@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loom-bench-memory-") as tmp_dir:
         tmp = Path(tmp_dir)
         db = tmp / "memory.db"
-        print(f"part 1: search over {n} memories of one user (SQLite store, all-MiniLM-L6-v2, in process)")
+        print(f"part 1: search over {n} memories of one user (SQLite store, int8 all-MiniLM-L6-v2 in process)")
         search = asyncio.run(search_latency(db, n, queries))
         print(f"part 2: TTFT over HTTP, {runs} sequential rounds (mock LLM 50 ms + 20 x 5 ms)")
         ttft = asyncio.run(recall_ttft(db, tmp, runs))

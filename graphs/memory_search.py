@@ -3,7 +3,7 @@
 Embedders, in order of preference (`embedder()`):
   1. an OpenAI-compatible `/embeddings` endpoint, when LOOM_MEMORY_EMBEDDINGS_URL is set;
   2. all-MiniLM-L6-v2 with int8 weights, run by ONNX Runtime on the CPU (the `memory` extra: no torch), loaded
-     lazily in a worker thread (model load takes ~0.3 s; encoding is CPU-bound);
+     lazily in a worker thread (the model loads in about a second; encoding is CPU-bound);
   3. none: lexical search only. LOOM_MEMORY_SEMANTIC=false forces this.
 
 Similarity is a dot product in numpy over the user's unit vectors: per-user corpora are small (thousands), so a
@@ -240,6 +240,9 @@ class LocalEmbedder:
                 tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
                 options = onnxruntime.SessionOptions()
                 options.log_severity_level = 3  # warnings about unused initializers are noise here
+                # Worker threads that spin between runs steal the CPU the event loop and the server need: with
+                # spinning, a query's p50 was 2x slower on 2 busy cores.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
                 self._loaded = (tokenizer, session)
                 log.info("loaded embedding model %s", self.name)
