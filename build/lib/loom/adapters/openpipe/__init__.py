@@ -1,1 +1,0 @@
-"""OpenPipe: an async REST client (report, datasets), the run reporter, and thread → dataset entries."""

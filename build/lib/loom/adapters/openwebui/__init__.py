@@ -1,1 +1,0 @@
-"""The OpenWebUI pipe: `pipe.py` and its sibling modules, rendered into one file by `bundle.render_pipe`."""
