@@ -18,10 +18,13 @@ from loom.server.auth import authenticate, resolve_user
 from loom.server.memory_api import router as memory_router
 from loom.server.openpipe_api import router as openpipe_router
 from loom.server.persistence import open_persistence
+from loom.server.ready import router as ready_router
 from loom.server.registry import GraphEntry, compile_all
 from loom.server.runs import prepare_run, stream_run
 from loom.server.settings import Settings, get_settings
+from loom.server.shutdown import Drain
 from loom.server.sse import EventStreamResponse
+from loom.server.threads import ThreadBusy, ThreadNotFound, not_found, open_threads
 from pydantic import ValidationError
 
 log = logging.getLogger("loom.server")
@@ -39,10 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with open_persistence(settings.database_url) as (checkpointer, store):
+        async with open_persistence(settings.database_url) as (checkpointer, store), \
+                open_threads(settings.database_url, checkpointer, settings.run_lease_seconds) as threads:
             app.state.graphs = compile_all(checkpointer, store)
             app.state.store = store  # the memory REST API and the graphs share it
-            app.state.busy_threads = set()
+            app.state.threads = threads
+            app.state.drain = Drain(settings.shutdown_grace_seconds)
+            app.state.drain.install()
             for entry in app.state.graphs.values():
                 entry.context_json_schema  # noqa: B018 — build schemas at start-up, not on a request
             if settings.demo_model:
@@ -63,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(memory_router)
     app.include_router(openpipe_router)
+    app.include_router(ready_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,18 +119,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(run, JSONResponse):
             return run
         user_id = resolve_user(caller, user_from_props(run))
-        busy: set[str] = app.state.busy_threads
-        if run.thread_id in busy:
+        drain: Drain = app.state.drain
+        if drain.draining:
+            return _error(503, "server_shutting_down", "This loom server is shutting down; retry the run.")
+        try:
+            lease = await app.state.threads.claim(run.thread_id, user_id)
+        except ThreadNotFound:
+            return JSONResponse({"error": not_found(run.thread_id)}, status_code=404)
+        except ThreadBusy:
             return _error(409, "thread_busy", f"Thread {run.thread_id!r} already has a run in progress.")
-        busy.add(run.thread_id)  # before the first await: two requests for one thread cannot both pass
         try:
             prepared = await prepare_run(entry, run, user_id)
         except BaseException as exc:
-            busy.discard(run.thread_id)
+            await lease.release()
             if isinstance(exc, InputError):
                 return _error(422, exc.code, str(exc), field=exc.field)
             raise
-        return EventStreamResponse(stream_run(prepared), on_close=lambda: busy.discard(run.thread_id))
+        prepared.lease, prepared.drain = lease, drain
+        return EventStreamResponse(stream_run(prepared), on_close=lease.release_soon)
 
     return app
 
