@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from ag_ui.core import RunAgentInput
@@ -89,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.demo_model:
             model["note"] = DEMO_NOTE
         database = "postgresql" if settings.database_url.startswith("postgres") else "sqlite"
-        return {"status": "ok", "graphs": sorted(app.state.graphs), "model": model, "database": database}
+        return {"status": "ok", "graphs": sorted(app.state.graphs), "model": model, "database": database,
+                "pid": os.getpid()}  # which worker or replica answered
 
     @app.get("/agents")
     async def agents(request: Request) -> list[dict]:
