@@ -276,6 +276,7 @@ async def open_threads(database_url: str, checkpointer, lease_seconds: float):
 
         async with aiosqlite.connect(database_url.removeprefix("sqlite:///"), isolation_level=None) as conn:
             await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: no fsync per lease write
             registry: ThreadRegistry = SqliteThreads(conn, lease_seconds)
             await registry.setup()
             try:
