@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async with open_persistence(settings.database_url) as (checkpointer, store), \
-                open_threads(settings.database_url, checkpointer, settings.run_lease_seconds) as threads:
+                open_threads(settings.database_url, settings.run_lease_seconds) as threads:
             app.state.graphs = compile_all(checkpointer, store)
             app.state.store = store  # the memory REST API and the graphs share it
             app.state.threads = threads
