@@ -33,6 +33,15 @@ class ThreadBusy(Exception):
     """Another run holds the thread's lease."""
 
 
+def is_outage(exc: BaseException) -> bool:
+    """The database is unreachable or failing (as opposed to a bug): the request may be retried."""
+    import sqlite3
+
+    import psycopg
+
+    return isinstance(exc, (psycopg.OperationalError, sqlite3.OperationalError, TimeoutError))
+
+
 def not_found(thread_id: str) -> dict:
     """The one 404 body for a missing thread and for another user's thread (no existence oracle)."""
     return {"code": "thread_not_found", "message": f"No thread {thread_id!r} of yours."}
@@ -292,7 +301,8 @@ async def open_threads(database_url: str, lease_seconds: float):
         # flushed at the latest with the run's checkpoint, whose commit waits for all WAL written before it.
         kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
                   "options": "-c synchronous_commit=off"}
-        async with AsyncConnectionPool(database_url, min_size=1, max_size=8, kwargs=kwargs, open=False) as pool:
+        async with AsyncConnectionPool(database_url, min_size=1, max_size=8, kwargs=kwargs, timeout=5,
+                                       open=False) as pool:
             await pool.open(wait=True, timeout=10)
             registry = PostgresThreads(pool, lease_seconds)
             await registry.setup()

@@ -209,6 +209,7 @@ class Relay:
                     pass
 
     def cut(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
         self.listener.close()
         for s in self.sockets:
             try:
@@ -230,5 +231,7 @@ def test_ready_names_the_database_when_it_is_unreachable(llm, tmp_path):
         assert ready.status_code == 503
         assert ready.json()["failing"] == "database" and "unreachable" in ready.json()["message"]
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200  # liveness is not readiness
+        refused = httpx.post(f"{server.url}/agents/agent", json=body(new_id(), [user("hi")]), timeout=15)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "database_unavailable"
     finally:
         server.stop()
