@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # `python bench/team.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import AGUI, OPENAI, RunResult, run_load, run_once  # noqa: E402
-from bench.procs import Server, free_port  # noqa: E402
+from bench.procs import CLK_TCK, Server, free_port  # noqa: E402
 from bench.report import med, ms, pct  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,29 +79,30 @@ class Bench:
 
     # ------------------------------------------------------------------------------------------- phases
 
-    async def ttft_c1(self, server: Server, n: int) -> list[RunResult]:
-        for _ in range(5):  # warm-up
-            await run_once(HOST, server.port, "/agents/agent", agui_body(), AGUI)
-        return [await run_once(HOST, server.port, "/agents/agent", agui_body(), AGUI) for _ in range(n)]
-
     async def lease_cost(self, mock: Server) -> dict:
-        """Interleaved rounds, so drift on a shared machine hits both sides alike."""
-        leased, unleased = self.loom("leased", mock), self.loom("unleased", mock, unleased=True)
-        runs: dict[str, list[RunResult]] = {"with lease": [], "without lease": []}
-        for _ in range(self.args.rounds):
-            runs["with lease"] += await self.ttft_c1(leased, self.args.c1_runs)
-            runs["without lease"] += await self.ttft_c1(unleased, self.args.c1_runs)
-        self.stop(leased)
-        self.stop(unleased)
+        """Run by run, alternating: load from other processes on a shared machine hits both sides alike."""
+        servers = {"with lease": self.loom("leased", mock), "without lease": self.loom("unleased", mock, unleased=True)}
+        runs: dict[str, list[RunResult]] = {name: [] for name in servers}
+        for i in range(5 + self.args.c1_runs):  # the first five warm up
+            for name, server in servers.items():
+                result = await run_once(HOST, server.port, "/agents/agent", agui_body(), AGUI)
+                if i >= 5:
+                    runs[name].append(result)
+        for server in servers.values():
+            self.stop(server)
         return {name: summary(rs) for name, rs in runs.items()}
 
-    async def saturation(self, path: str, port: int, kind: str, body) -> dict:
-        await run_load(HOST, port, path, [body() for _ in range(32)], kind, 32, deadline_s=30)  # warm-up
-        result = await run_load(HOST, port, path, [body() for _ in range(self.args.load_runs)], kind,
+    async def saturation(self, path: str, server: Server, kind: str, body) -> dict:
+        await run_load(HOST, server.port, path, [body() for _ in range(32)], kind, 32, deadline_s=30)  # warm-up
+        cpu = tree_cpu_seconds(server.pid)
+        result = await run_load(HOST, server.port, path, [body() for _ in range(self.args.load_runs)], kind,
                                 self.args.concurrency, deadline_s=120)
+        cpu = tree_cpu_seconds(server.pid) - cpu
         ok = result.ok
         out = summary(ok)
         out["runs_per_s"] = round(len(ok) / result.wall, 1)
+        out["server_cpu_percent"] = round(cpu / result.wall * 100)  # of one core; all workers together
+        out["machine_load"] = os.getloadavg()[0]
         out["failed"] = len(result.runs) - len(ok)
         if result.errors:
             out["errors"] = result.errors[:3]
@@ -112,12 +113,12 @@ class Bench:
         for workers in (1, 2):
             server = self.loom(f"workers{workers}", mock, workers=workers)
             out[f"loom, {workers} worker{'s' * (workers > 1)}"] = await self.saturation(
-                "/agents/agent", server.port, AGUI, agui_body)
+                "/agents/agent", server, AGUI, agui_body)
             self.stop(server)
         if not self.direct_body:
             req = [r for r in json.loads(mock.get("/_requests")) if r["path"] == "/v1/chat/completions"][-1]
             self.direct_body = json.dumps(req["body"]).encode()  # exactly what loom sends its model
-        out["direct LLM"] = await self.saturation("/v1/chat/completions", mock.port, OPENAI, lambda: self.direct_body)
+        out["direct LLM"] = await self.saturation("/v1/chat/completions", mock, OPENAI, lambda: self.direct_body)
         return out
 
     async def run(self) -> dict:
@@ -128,6 +129,20 @@ class Bench:
         finally:
             for server in reversed(self.servers):
                 server.stop()
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live descendants (uvicorn's workers), seconds."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return total
+    return total + sum(tree_cpu_seconds(child) for child in children)
 
 
 def summary(runs: list[RunResult]) -> dict:
@@ -146,9 +161,10 @@ def report(result: dict) -> str:
              "|---|---|---|---|---|"]
     lines += [f"| {name} | {s['runs']} | {s['ttft_p50_ms']} | {s['ttft_p90_ms']} | {s['total_p50_ms']} |"
               for name, s in lease.items()]
-    lines += ["", "| c=64 | runs ok | failed | runs/s | total p50 ms | TTFT p50 ms |", "|---|---|---|---|---|---|"]
+    lines += ["", "| c=64 | runs ok | failed | runs/s | total p50 ms | TTFT p50 ms | server CPU % | load avg |",
+              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {s['runs']} | {s['failed']} | {s['runs_per_s']} | {s['total_p50_ms']} | "
-              f"{s['ttft_p50_ms']} |" for name, s in load.items()]
+              f"{s['ttft_p50_ms']} | {s['server_cpu_percent']} | {s['machine_load']:.1f} |" for name, s in load.items()]
     verdict = [("lease cost, TTFT p50 at c=1", f"{cost:+.2f} ms", cost <= 2.0, "<= +2 ms"),
                ("runs/s, 2 workers / 1 worker", f"{speedup:.2f}x", speedup >= 1.7, ">= 1.7x"),
                ("total p50 at c=64, 2 workers / direct", f"{ratio:.2f}x", ratio <= 3.0, "<= 3x")]
@@ -163,7 +179,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few runs: a smoke test of the benchmark")
     parser.add_argument("--out", help="also write the numbers as JSON here")
     args = parser.parse_args()
-    args.rounds, args.c1_runs = (1, 10) if args.quick else (3, 30)
+    args.c1_runs = 10 if args.quick else 100
     args.load_runs, args.concurrency = (128 if args.quick else 512), 64
     started = time.monotonic()
     result = asyncio.run(Bench(args).run())
