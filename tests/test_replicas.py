@@ -92,6 +92,24 @@ def test_concurrent_runs_on_one_thread_through_both_replicas(replicas, llm):
     assert len(llm.requests()) == 1
 
 
+def test_a_run_longer_than_the_lease_keeps_its_thread(replicas, llm):
+    """The holder renews its lease while it streams: the thread stays busy on the other replica throughout."""
+    a, b = replicas
+    llm.script({"text": "slow but alive", "ttft_ms": (LEASE_SECONDS * 2) * 1000}, {"text": "next"})
+    thread, message = new_id(), user("hi")
+    client, _, lines = start_stream(a, body(thread, [message]))
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < LEASE_SECONDS * 1.5:
+            response, _ = b.post("agent", body(thread, [message]))
+            assert response.status_code == 409, "the lease lapsed while its run was still streaming"
+            time.sleep(0.3)
+        assert '"RUN_FINISHED"' in "".join(lines)
+    finally:
+        client.close()
+    assert text_of(b.run("agent", [message], thread)) == "next"  # released the moment the run ended
+
+
 def test_sigkill_of_the_lease_holder_frees_the_thread_within_the_lease(replicas, llm):
     a, b = replicas
     llm.script({"text": "never sent", "ttft_ms": 20000}, {"text": "after the crash"})
