@@ -15,17 +15,18 @@ from fastapi.responses import JSONResponse
 from loom.adapters.agui.inbound import InputError, user_from_props
 from loom.adapters.openpipe.reporter import Reporter
 from loom.graphs.llm import close_http_clients
+from loom.server.admission import Refused, admit
 from loom.server.auth import authenticate, resolve_user
 from loom.server.memory_api import router as memory_router
 from loom.server.openpipe_api import router as openpipe_router
 from loom.server.persistence import open_persistence
 from loom.server.ready import router as ready_router
 from loom.server.registry import GraphEntry, compile_all
-from loom.server.runs import prepare_run, stream_run
+from loom.server.runs import stream_run
 from loom.server.settings import Settings, get_settings
 from loom.server.shutdown import Drain
 from loom.server.sse import EventStreamResponse
-from loom.server.threads import ThreadBusy, ThreadNotFound, is_outage, not_found, open_threads
+from loom.server.threads import open_threads
 from pydantic import ValidationError
 
 log = logging.getLogger("loom.server")
@@ -36,12 +37,6 @@ DEMO_NOTE = ("A tiny offline demo model (Gemma 3 270M, base checkpoint) is answe
 
 def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-def _unavailable(thread_id: str, exc: Exception) -> JSONResponse:
-    """Nothing was started: the client may retry (on this replica or another)."""
-    log.warning("run on thread %s refused, the database failed: %s", thread_id, exc)
-    return _error(503, "database_unavailable", f"The database did not answer ({type(exc).__name__}); retry later.")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -127,30 +122,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(run, JSONResponse):
             return run
         user_id = resolve_user(caller, user_from_props(run))
-        drain: Drain = app.state.drain
-        if drain.draining:
-            return _error(503, "server_shutting_down", "This loom server is shutting down; retry the run.")
         try:
-            lease = await app.state.threads.claim(run.thread_id, user_id)
-        except ThreadNotFound:
-            return JSONResponse({"error": not_found(run.thread_id)}, status_code=404)
-        except ThreadBusy:
-            return _error(409, "thread_busy", f"Thread {run.thread_id!r} already has a run in progress.")
-        except Exception as exc:
-            if is_outage(exc):
-                return _unavailable(run.thread_id, exc)
-            raise
-        try:
-            prepared = await prepare_run(entry, run, user_id)
-        except BaseException as exc:
-            await lease.release()
-            if isinstance(exc, InputError):
-                return _error(422, exc.code, str(exc), field=exc.field)
-            if is_outage(exc):
-                return _unavailable(run.thread_id, exc)
-            raise
-        prepared.lease, prepared.drain = lease, drain
-        return EventStreamResponse(stream_run(prepared), on_close=lease.release_soon)
+            prepared = await admit(app.state, entry, run, user_id)
+        except Refused as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        except InputError as exc:
+            return _error(422, exc.code, str(exc), field=exc.field)
+        return EventStreamResponse(stream_run(prepared), on_close=prepared.lease.release_soon)
 
     return app
 

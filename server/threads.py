@@ -89,7 +89,13 @@ class ThreadRegistry(ABC):
         return Lease(thread_id, lease_id, self)
 
     async def assert_owner(self, thread_id: str, user_id: str) -> None:
+        """For reads of an existing thread: only its owner may see it."""
         if await self.owner(thread_id) != user_id:
+            raise ThreadNotFound(thread_id)
+
+    async def assert_usable(self, thread_id: str, user_id: str) -> None:
+        """Before reading a thread a run is about to start on: new, or the caller's own."""
+        if await self.owner(thread_id) not in (None, user_id):
             raise ThreadNotFound(thread_id)
 
     def start(self) -> ThreadRegistry:
