@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from ag_ui.core import RunAgentInput
@@ -14,16 +15,20 @@ from fastapi.responses import JSONResponse
 from loom.adapters.agui.inbound import InputError, user_from_props
 from loom.adapters.openpipe.reporter import Reporter
 from loom.graphs.llm import close_http_clients
+from loom.server.admission import Refused, admit
 from loom.server.auth import authenticate, resolve_user
 from loom.server.history_api import router as history_router
 from loom.server.memory_api import router as memory_router
 from loom.server.openai_api import router as openai_router
 from loom.server.openpipe_api import router as openpipe_router
 from loom.server.persistence import open_persistence
+from loom.server.ready import router as ready_router
 from loom.server.registry import GraphEntry, compile_all
-from loom.server.runs import prepare_run, stream_run
+from loom.server.runs import stream_run
 from loom.server.settings import Settings, get_settings
+from loom.server.shutdown import Drain
 from loom.server.sse import EventStreamResponse
+from loom.server.threads import open_threads
 from pydantic import ValidationError
 
 log = logging.getLogger("loom.server")
@@ -41,10 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with open_persistence(settings.database_url) as (checkpointer, store):
+        async with open_persistence(settings.database_url) as (checkpointer, store), \
+                open_threads(settings.database_url, settings.run_lease_seconds) as threads:
             app.state.graphs = compile_all(checkpointer, store)
             app.state.store = store  # the memory REST API and the graphs share it
-            app.state.busy_threads = set()
+            app.state.threads = threads
+            app.state.drain = Drain(settings.shutdown_grace_seconds)
+            app.state.drain.install()
             for entry in app.state.graphs.values():
                 entry.context_json_schema  # noqa: B018 — build schemas at start-up, not on a request
             if settings.demo_model:
@@ -67,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openpipe_router)
     app.include_router(history_router)
     app.include_router(openai_router)
+    app.include_router(ready_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,7 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.demo_model:
             model["note"] = DEMO_NOTE
         database = "postgresql" if settings.database_url.startswith("postgres") else "sqlite"
-        return {"status": "ok", "graphs": sorted(app.state.graphs), "model": model, "database": database}
+        return {"status": "ok", "graphs": sorted(app.state.graphs), "model": model, "database": database,
+                "pid": os.getpid()}  # which worker or replica answered
 
     @app.get("/agents")
     async def agents(request: Request) -> list[dict]:
@@ -116,18 +126,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(run, JSONResponse):
             return run
         user_id = resolve_user(caller, user_from_props(run))
-        busy: set[str] = app.state.busy_threads
-        if run.thread_id in busy:
-            return _error(409, "thread_busy", f"Thread {run.thread_id!r} already has a run in progress.")
-        busy.add(run.thread_id)  # before the first await: two requests for one thread cannot both pass
         try:
-            prepared = await prepare_run(entry, run, user_id)
-        except BaseException as exc:
-            busy.discard(run.thread_id)
-            if isinstance(exc, InputError):
-                return _error(422, exc.code, str(exc), field=exc.field)
-            raise
-        return EventStreamResponse(stream_run(prepared), on_close=lambda: busy.discard(run.thread_id))
+            prepared = await admit(app.state, entry, run, user_id)
+        except Refused as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        except InputError as exc:
+            return _error(422, exc.code, str(exc), field=exc.field)
+        return EventStreamResponse(stream_run(prepared), on_close=prepared.lease.release_soon)
 
     return app
 

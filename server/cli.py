@@ -37,24 +37,21 @@ def _use_demo_model_if_unconfigured() -> object | None:
 def serve(
     host: str = typer.Option(None, help="Interface to bind (LOOM_HOST)."),
     port: int = typer.Option(None, help="Port (LOOM_PORT)."),
+    workers: int = typer.Option(None, min=1, help="Processes sharing the port (LOOM_WORKERS, default 1)."),
     log_level: str = typer.Option("info", help="Log level."),
     config: str = typer.Option(None, "--config", help="The langgraph.json to serve (LOOM_GRAPHS; default "
                                                       "./langgraph.json, else loom's own)."),
 ) -> None:
     """Run the AG-UI server. Without LOOM_LLM_BASE_URL it starts a tiny offline demo model first."""
-    import uvicorn
+    from loom.server.serving import configure_logging, run_server
 
     _check_graphs(config)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpx2"):  # one line per model request drowns the one line per run
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    local = _use_demo_model_if_unconfigured()
+    configure_logging(log_level)
+    local = _use_demo_model_if_unconfigured()  # once, before any worker: they get its URL from the environment
     settings = get_settings()
-    from loom.server.app import create_app
-
     try:
-        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                    log_level=log_level, access_log=False)
+        run_server(settings, host=host or settings.host, port=port or settings.port,
+                   workers=workers or settings.workers, log_level=log_level)
     finally:
         if local is not None:
             local.stop()

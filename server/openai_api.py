@@ -20,10 +20,12 @@ from loom.adapters.agui.inbound import InputError
 from loom.adapters.openai.inbound import RequestError, chat_request, model_of, named_user, thread_hint
 from loom.adapters.openai.outbound import DONE, ChunkTranslator, error_body, run_error_status
 from loom.adapters.openai.threads import adopt_stored_turns
+from loom.server.admission import Refused, admit
 from loom.server.auth import Caller, authenticate, resolve_user
 from loom.server.registry import GraphEntry
-from loom.server.runs import prepare_run, stream_run
+from loom.server.runs import stream_run
 from loom.server.sse import EventStreamResponse
+from loom.server.threads import ThreadNotFound, not_found
 from pydantic import ValidationError
 
 router = APIRouter()
@@ -101,6 +103,8 @@ async def chat_completions(request: Request):
                             max_messages=settings.max_messages, max_tools=settings.max_tools)
         user_id = resolve_user(caller, named_user(headers, body) if caller.kind != "user" else None)
         if hint is not None and "resume" not in chat.run:
+            # Another user's thread must look like a missing one before anything of it is read.
+            await request.app.state.threads.assert_usable(hint, user_id)
             snapshot = await entry.graph.aget_state({"configurable": {"thread_id": hint}})
             stored = snapshot.values.get("messages", []) if snapshot.values else []
             chat.run["messages"] = adopt_stored_turns(chat.run["messages"], stored)
@@ -111,25 +115,21 @@ async def chat_completions(request: Request):
         return _error(exc.status, str(exc), exc.code, exc.param)
     except HTTPException as exc:
         return _from_http(exc)
+    except ThreadNotFound as exc:
+        return _error(404, not_found(exc.args[0] if exc.args else "")["message"], "thread_not_found")
     except ValidationError as exc:  # what the translation produced from the caller's messages
         error = exc.errors()[0]
         return _error(400, f"messages: {error['msg']}", "invalid_messages", "messages")
 
-    busy: set[str] = request.app.state.busy_threads
-    if run.thread_id in busy:
-        return _error(409, f"Thread {run.thread_id!r} already has a run in progress.", "thread_busy")
-    busy.add(run.thread_id)  # before the first await, as on the AG-UI endpoint
     try:
-        prepared = await prepare_run(entry, run, user_id)
+        prepared = await admit(request.app.state, entry, run, user_id)  # ownership, lease, shutdown
+    except Refused as exc:
+        return _error(exc.status, exc.message, exc.code)
     except InputError as exc:
-        busy.discard(run.thread_id)
         param = (exc.field or "").replace("forwardedProps.context", "loom.context") or None
         return _error(400, str(exc).replace("forwardedProps.context", "loom.context"), exc.code, param)
-    except BaseException:
-        busy.discard(run.thread_id)
-        raise
     if prepared.error is not None:  # known before the first event: a plain HTTP error, not a broken stream
-        busy.discard(run.thread_id)
+        await prepared.lease.release()
         return _error(PREPARE_STATUS.get(prepared.error.code, 400), _prepare_message(prepared.error),
                       prepared.error.code, prepared.error.field)
 
@@ -141,7 +141,7 @@ async def chat_completions(request: Request):
         reply_headers["x-loom-ignored-params"] = ",".join(chat.ignored)
     if chat.stream:
         response = EventStreamResponse(_chunks(stream_run(prepared, encode=list), translator),
-                                       on_close=lambda: busy.discard(run.thread_id))
+                                       on_close=prepared.lease.release_soon)
         response.headers.update(reply_headers)
         return response
     try:
@@ -151,7 +151,7 @@ async def chat_completions(request: Request):
                     for event in batch:
                         translator.feed(event)
     finally:
-        busy.discard(run.thread_id)
+        await prepared.lease.release()
     if translator.error is not None:
         status, type_ = run_error_status(translator.error["code"])
         return _error(status, translator.error["message"], translator.error["code"], type_=type_,

@@ -20,6 +20,7 @@ from loom.adapters.openpipe.client import OpenPipeAuthError, OpenPipeClient, Ope
 from loom.adapters.openpipe.datasets import thread_entries
 from loom.adapters.openpipe.reporter import current
 from loom.server.memory_api import _user
+from loom.server.threads import ThreadNotFound, not_found
 from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["openpipe"])
@@ -35,6 +36,10 @@ class DatasetRequest(BaseModel):
 
 async def _thread(request: Request, thread_id: str, user_id: str):
     """The newest state of the caller's thread (any graph: they share one checkpointer) and its history."""
+    try:
+        await request.app.state.threads.assert_owner(thread_id, user_id)
+    except ThreadNotFound:
+        raise HTTPException(404, not_found(thread_id)) from None
     graphs = request.app.state.graphs
     config = {"configurable": {"thread_id": thread_id}}
     for entry in graphs.values():
@@ -50,7 +55,7 @@ async def _thread(request: Request, thread_id: str, user_id: str):
                    if s.values and (s.metadata or {}).get("user_id") == user_id]
         history.reverse()  # oldest first
         return graph.name, snapshot.values.get("messages", []), history
-    raise HTTPException(404, {"code": "thread_not_found", "message": f"No thread {thread_id!r} of yours."})
+    raise HTTPException(404, not_found(thread_id))
 
 
 @router.post("/threads/{thread_id}/dataset")

@@ -57,6 +57,12 @@ async def _postgres(url: str):
         await pool.open(wait=True, timeout=10)
         saver = AsyncPostgresSaver(pool)
         store = AsyncPostgresStore(pool)
-        await saver.setup()
-        await store.setup()
+        async with pool.connection() as conn:
+            # Workers and replicas start together; their migrations must not race (duplicate-key errors).
+            await conn.execute("SELECT pg_advisory_lock(hashtext('loom_setup'))")
+            try:
+                await saver.setup()
+                await store.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext('loom_setup'))")
         yield saver, store

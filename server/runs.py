@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,8 @@ from loom.adapters.openpipe.reporter import current as openpipe_reporter
 from loom.adapters.openpipe.reporter import opted_out, system_task
 from loom.graphs.errors import classify
 from loom.server.registry import GraphEntry
+from loom.server.shutdown import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, Drain
+from loom.server.threads import Lease
 
 log = logging.getLogger("loom.run")
 
@@ -38,6 +40,8 @@ class PreparedRun:
     resumed_history: list | None = None  # the thread a resume continues, snapshotted to the client first
     state: StateSync | None = None  # AG-UI shared state, for graphs with input keys beyond messages
     known_ids: frozenset[str] = frozenset()  # messages the thread or the client hold before the run
+    lease: Lease | None = None  # released before the terminal event: a client's next turn must find it free
+    drain: Drain | None = None  # the process's shutdown drain, which may cut the run off
 
 
 async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
@@ -101,49 +105,63 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
     translator.known(set(prepared.known_ids))
     started = time.perf_counter()
     outcome = "error"
-    try:
-        yield encode(translator.start() + (prepared.state.opening() if prepared.state else []))
-        if prepared.resumed_history is not None:
-            # Results of the approved calls refer to tool calls streamed by the interrupted run; the snapshot
-            # states that history in this stream (what the client already holds, so its merge keeps it).
-            yield encode([translator.snapshot(prepared.resumed_history)])
-        if prepared.error is not None:
-            outcome = f"error:{prepared.error.code}"
-            yield encode(translator.error(str(prepared.error), prepared.error.code.upper()))
-            return
-        if prepared.graph_input is not None:
-            # durability="exit": one checkpoint write per run instead of per step. A run cut off midway leaves
-            # the thread as it was, which reconciliation repairs from the history the client sends next time.
-            # subgraphs=True: a multi-agent graph's sub-agents stream their tokens like a single agent.
-            modes = [*STREAM_MODES, "values"] if prepared.state else STREAM_MODES
-            stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
-                                         stream_mode=modes, version="v2", durability="exit", subgraphs=True)
-            async with aclosing(stream):  # closing it cancels the graph's running tasks
-                async for part in stream:
-                    events = translator.feed(part)
-                    if prepared.state is not None:
-                        events += prepared.state.feed(part)
-                    if events:
-                        yield encode(events)
-                    elif translator.keepalive_due:
-                        translator.keepalive_due = False
-                        yield ": keepalive\n\n"
-        messages = None
-        if translator.interrupts:
-            messages = (await entry.graph.aget_state(prepared.config)).values.get("messages", [])
-        outcome = "interrupt" if translator.interrupts else (
-            "pending_tools" if translator.pending_tool_calls else "success")
-        yield encode(translator.finish(messages))
-    except (asyncio.CancelledError, GeneratorExit):
-        outcome = "cancelled"
-        raise
-    except Exception as exc:
-        code, message = classify(exc)
-        outcome = f"error:{code}"
-        log.debug("run failed", exc_info=exc)
-        if not translator.finished:
-            yield encode(translator.error(message, code))
-    finally:
-        log.info("run graph=%s thread=%s run=%s user=%s duration_ms=%.0f outcome=%s", entry.name, run.thread_id,
-                 run.run_id, prepared.user_id, (time.perf_counter() - started) * 1000, outcome)
+    release = prepared.lease.release if prepared.lease is not None else _nothing
+    with prepared.drain.track() if prepared.drain is not None else nullcontext():
+        try:
+            yield encode(translator.start() + (prepared.state.opening() if prepared.state else []))
+            if prepared.resumed_history is not None:
+                # Results of the approved calls refer to tool calls streamed by the interrupted run; the snapshot
+                # states that history in this stream (what the client already holds, so its merge keeps it).
+                yield encode([translator.snapshot(prepared.resumed_history)])
+            if prepared.error is not None:
+                outcome = f"error:{prepared.error.code}"
+                await release()
+                yield encode(translator.error(str(prepared.error), prepared.error.code.upper()))
+                return
+            if prepared.graph_input is not None:
+                # durability="exit": one checkpoint write per run instead of per step. A run cut off midway leaves
+                # the thread as it was, which reconciliation repairs from the history the client sends next time.
+                # subgraphs=True: a multi-agent graph's sub-agents stream their tokens like a single agent.
+                modes = [*STREAM_MODES, "values"] if prepared.state else STREAM_MODES
+                stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
+                                             stream_mode=modes, version="v2", durability="exit", subgraphs=True)
+                async with aclosing(stream):  # closing it cancels the graph's running tasks
+                    async for part in stream:
+                        events = translator.feed(part)
+                        if prepared.state is not None:
+                            events += prepared.state.feed(part)
+                        if events:
+                            yield encode(events)
+                        elif translator.keepalive_due:
+                            translator.keepalive_due = False
+                            yield ": keepalive\n\n"
+            messages = None
+            if translator.interrupts:
+                messages = (await entry.graph.aget_state(prepared.config)).values.get("messages", [])
+            outcome = "interrupt" if translator.interrupts else (
+                "pending_tools" if translator.pending_tool_calls else "success")
+            await release()
+            yield encode(translator.finish(messages))
+        except (asyncio.CancelledError, GeneratorExit) as exc:
+            if not (isinstance(exc, asyncio.CancelledError) and prepared.drain is not None and prepared.drain.stopping):
+                outcome = "cancelled"
+                raise
+            # Cut off by shutdown (not by the client): nothing was checkpointed, and the client gets a terminal event.
+            asyncio.current_task().uncancel()
+            outcome = f"error:{SHUTDOWN_CODE}"
+            await release()
+            yield encode(translator.error(SHUTDOWN_MESSAGE, SHUTDOWN_CODE))
+        except Exception as exc:
+            code, message = classify(exc)
+            outcome = f"error:{code}"
+            log.debug("run failed", exc_info=exc)
+            await release()
+            if not translator.finished:
+                yield encode(translator.error(message, code))
+        finally:
+            log.info("run graph=%s thread=%s run=%s user=%s duration_ms=%.0f outcome=%s", entry.name, run.thread_id,
+                     run.run_id, prepared.user_id, (time.perf_counter() - started) * 1000, outcome)
 
+
+async def _nothing() -> None:
+    return None

@@ -71,6 +71,11 @@ class Settings(GraphSettings, LettaSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Serving a team (server/threads.py, server/shutdown.py, server/serving.py).
+    workers: int = Field(1, ge=1, description="Processes sharing the port (`loom serve --workers`).")
+    run_lease_seconds: float = Field(30.0, gt=0, description="A dead replica's hold on a thread expires after this.")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="SIGTERM: seconds runs in flight may finish.")
+
     # Request limits (413/422 name the limit that was hit).
     max_body_bytes: int = 4 * 1024 * 1024
     max_messages: int = 500

@@ -74,7 +74,8 @@ async def chat(pipe: Pipe, messages: list[dict], model: str = "loom.agent", chat
     """One request as OpenWebUI makes it; (the message text as OpenWebUI stores it, the items yielded)."""
     body = {"model": model, "messages": messages, "stream": stream}
     chat_id = new_id() if chat_id == "new" else chat_id
-    result = await pipe.pipe(body, __user__=user or a_user(), __chat_id__=chat_id,
+    user = user or a_user(f"owui-of-{chat_id}" if chat_id else None)  # a chat has one owner, as in OpenWebUI
+    result = await pipe.pipe(body, __user__=user, __chat_id__=chat_id,
                              **{f"__{k}__": v for k, v in dunder.items()})
     if isinstance(result, str):
         return result, [result]

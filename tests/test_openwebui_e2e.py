@@ -9,6 +9,7 @@ reached the model; a socket.io client logged in as the same user sees the status
 from __future__ import annotations
 
 import asyncio
+import copy
 import html
 import json
 
@@ -247,3 +248,39 @@ async def test_the_openpipe_action_sends_the_chat_to_a_dataset(openwebui, llm, o
         ("user", "What is the capital of France?"), ("assistant", "Paris is the capital of France.")]
     [toast] = [e["data"] for e in events if e.get("type") == "notification"]
     assert toast["type"] == "success" and "openwebui-e2e" in toast["content"]
+
+
+def second_account(openwebui: OpenWebUI) -> OpenWebUI:
+    """Another OpenWebUI account on the same server, signed in with its own token. An admin role, because
+    OpenWebUI shows a plain user only the models an admin has shared (not what this test is about)."""
+    account = {"name": "Bo Second", "email": "bo@example.org", "password": "loom-e2e-password-2"}
+    openwebui.call("POST", "/api/v1/auths/add", {**account, "role": "admin"})
+    signed_in = openwebui.call("POST", "/api/v1/auths/signin",
+                               {"email": account["email"], "password": account["password"]}, auth=False)
+    other = copy.copy(openwebui)
+    other.user, other.token = signed_in, signed_in["token"]
+    return other
+
+
+async def test_two_openwebui_users_each_keep_their_own_threads(openwebui, loom, llm, openpipe):
+    """One pipe, one proxy key, two people: each chat reaches the model alone, and each chat's loom thread
+    belongs to the OpenWebUI user who wrote it (the other is refused as if the thread did not exist)."""
+    bo = second_account(openwebui)
+    llm.script({"text": "Hello Ada."}, {"text": "Hello Bo."})
+    ada_message, _ = await openwebui.ui_chat("loom.agent", "I am Ada")
+    bo_message, _ = await bo.ui_chat("loom.agent", "I am Bo")
+    assert (ada_message["content"], bo_message["content"]) == ("Hello Ada.", "Hello Bo.")
+    seen = [[m["content"] for m in r["body"]["messages"] if m["role"] == "user"] for r in llm.requests()]
+    assert seen == [["I am Ada"], ["I am Bo"]]
+
+    def export(message: dict, account: OpenWebUI) -> httpx.Response:
+        thread = f"openwebui-{message['chat_id']}-agent"  # the pipe's thread for a UI chat of the agent graph
+        return httpx.post(f"{loom.url}/threads/{thread}/dataset", json={"dataset": "two-users"}, timeout=30,
+                          headers={"authorization": f"Bearer {PROXY_KEY}", "x-loom-user": account.user["id"]})
+
+    for message, owner, other in ((ada_message, openwebui, bo), (bo_message, bo, openwebui)):
+        refused = export(message, other)
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "thread_not_found"
+        assert export(message, owner).status_code == 200
+    assert [[m["content"] for m in e["messages"]] for e in openpipe.entries("two-users")] == [
+        ["I am Ada", "Hello Ada."], ["I am Bo", "Hello Bo."]]
