@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 # Fields the server sets from the request (identity, AG-UI tools and context); clients cannot override them
 # through `forwardedProps.context`, and `GET /agents` leaves them out of the editable schema.
@@ -20,6 +22,14 @@ class BaseContext:
     client_context: list[dict[str, str]] = field(
         default_factory=list,
         metadata={"description": "AG-UI context entries ({description, value}) shown to the model."},
+    )
+    # The server enforces these; a run may ask for less than LOOM_RUN_TIMEOUT / LOOM_RUN_MAX_OUTPUT_TOKENS.
+    run_timeout: Annotated[float | None, Field(gt=0, le=86400, allow_inf_nan=False)] = field(
+        default=None, metadata={"description": "Seconds this run may take; at most LOOM_RUN_TIMEOUT."}
+    )
+    max_output_tokens: Annotated[int | None, Field(ge=1, le=10_000_000)] = field(
+        default=None, metadata={"description": "Tokens the model may stream in this run; at most "
+                                               "LOOM_RUN_MAX_OUTPUT_TOKENS."}
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -11,6 +13,7 @@ import openai
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from loom.graphs.config import graph_settings
+from loom.graphs.limits import current_budget
 from openai._base_client import make_request_options
 from pydantic import model_validator
 
@@ -66,6 +69,25 @@ class ChatModel(ChatOpenAI):
             self.async_client = _DictStreamingCompletions(self.root_async_client)
         return self
 
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        """The stream, charged to the run's budget; one that ends without a finish reason is an error.
+
+        Why: a server that closes the connection mid-answer (or sends HTML, a non-streamed body, keep-alives
+        only) otherwise ends the stream quietly and the fragment would be stored as the answer.
+        """
+        budget = current_budget.get()
+        finished = False
+        with budget.model_request() if budget is not None else nullcontext():
+            async for chunk in super()._astream(*args, **kwargs):
+                finished = finished or bool((chunk.generation_info or {}).get("finish_reason"))
+                if budget is not None:
+                    budget.charge()
+                yield chunk
+        if not finished:
+            raise IncompleteStream(
+                "The model server ended the response without a finish reason (no end of stream, HTML, or not "
+                "a chat completion stream); nothing of it was kept.")
+
     def _convert_chunk_to_generation_chunk(
         self, chunk: dict, default_chunk_class: type, base_generation_info: dict | None
     ) -> ChatGenerationChunk | None:
@@ -85,6 +107,10 @@ class ChatModel(ChatOpenAI):
             if reasoning:
                 generation.message.additional_kwargs["reasoning_content"] = reasoning
         return result
+
+
+class IncompleteStream(Exception):
+    run_error_code = "LLM_BAD_RESPONSE"
 
 
 _http_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -134,6 +160,8 @@ def _chat_model(model: str | None, temperature: float | None, max_tokens: int | 
         streaming=True,
         stream_usage=True,
         timeout=settings.llm_timeout,
+        # Silence in *content*: keep-alive comments reset a socket read timeout but not this one.
+        stream_chunk_timeout=settings.llm_timeout,
         max_retries=settings.llm_max_retries if max_retries is None else max_retries,
         stop=DEMO_STOP if settings.demo_model else None,
         http_async_client=http_client,

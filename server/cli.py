@@ -33,6 +33,19 @@ def _use_demo_model_if_unconfigured() -> object | None:
     return local
 
 
+def _check_settings() -> None:
+    """Refuse to start on a setting that would fail every run, with the setting's own message."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "LOOM_" + "_".join(str(p) for p in error["loc"]).upper()
+            console.print(f"[red]{name}: {error['msg'].removeprefix('Value error, ')}[/red]")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="Interface to bind (LOOM_HOST)."),
@@ -45,6 +58,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per model request drowns the one line per run
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _check_settings()
     local = _use_demo_model_if_unconfigured()
     settings = get_settings()
     from loom.server.app import create_app

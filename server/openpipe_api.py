@@ -91,8 +91,8 @@ async def openpipe_status(request: Request, user_id: str = Depends(_user)) -> di
 
 @router.get("/openwebui/action.py")
 async def openwebui_action(request: Request):
-    """The OpenWebUI Action, its loom URL the one this request reached. It holds no key."""
+    """The OpenWebUI Action, its loom URL LOOM_PUBLIC_URL (never the request's Host header). It holds no key."""
     from loom.adapters.openwebui.action import render_action
 
-    return PlainTextResponse(render_action(str(request.base_url)),
+    return PlainTextResponse(render_action(request.app.state.settings.served_url),
                              headers={"content-disposition": 'inline; filename="loom_openpipe_action.py"'})

@@ -17,7 +17,9 @@ from loom.adapters.agui.outbound import RunTranslator
 from loom.adapters.openpipe.reporter import current as openpipe_reporter
 from loom.adapters.openpipe.reporter import opted_out, system_task
 from loom.graphs.errors import classify
+from loom.graphs.limits import RunBudget, RunLimitExceeded, current_budget
 from loom.server.registry import GraphEntry
+from loom.server.settings import get_settings
 
 log = logging.getLogger("loom.run")
 
@@ -34,6 +36,18 @@ class PreparedRun:
     graph_input: Any  # a messages update, a resume Command, or None when there is nothing to do
     error: InputError | None = None  # a protocol-level refusal, reported as RUN_ERROR in the stream
     resumed_history: list | None = None  # the thread a resume continues, snapshotted to the client first
+    run_timeout: float = 600.0  # seconds of wall clock for the whole run
+    budget: RunBudget | None = None  # output tokens, and the model requests to cancel when the client leaves
+
+
+def run_limits(context: Any) -> tuple[float, int]:
+    """(seconds, output tokens) for one run: the server's limits, lowered (never raised) by the run's context."""
+    settings = get_settings()
+    seconds, tokens = settings.run_timeout, settings.run_max_output_tokens
+    asked_seconds = getattr(context, "run_timeout", None)
+    asked_tokens = getattr(context, "max_output_tokens", None)
+    return (min(seconds, asked_seconds) if asked_seconds else seconds,
+            min(tokens, asked_tokens) if asked_tokens else tokens)
 
 
 async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
@@ -53,6 +67,8 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
     pending = list(snapshot.interrupts)
     stored = snapshot.values.get("messages", []) if snapshot.values else []
     prepared = PreparedRun(entry, run, user_id, config, context, None)
+    prepared.run_timeout, max_tokens = run_limits(context)
+    prepared.budget = RunBudget(max_tokens)
     if run.resume:
         try:
             prepared.graph_input = resume_command(run, pending)
@@ -97,10 +113,12 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
         if prepared.graph_input is not None:
             # durability="exit": one checkpoint write per run instead of per step. A run cut off midway leaves
             # the thread as it was, which reconciliation repairs from the history the client sends next time.
+            current_budget.set(prepared.budget)  # the graph's tasks copy this context: their model calls see it
+            deadline = asyncio.get_running_loop().time() + prepared.run_timeout
             stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
                                          stream_mode=STREAM_MODES, version="v2", durability="exit")
             async with aclosing(stream):  # closing it cancels the graph's running tasks
-                async for part in stream:
+                while (part := await _next_part(stream, deadline, prepared.run_timeout)) is not None:
                     events = translator.feed(part)
                     if events:
                         yield encode(events)
@@ -115,6 +133,8 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
         yield encode(translator.finish(messages))
     except (asyncio.CancelledError, GeneratorExit):
         outcome = "cancelled"
+        if prepared.budget is not None:
+            prepared.budget.cancel_model_requests()
         raise
     except Exception as exc:
         code, message = classify(exc)
@@ -126,3 +146,18 @@ async def stream_run(prepared: PreparedRun) -> AsyncIterator[str]:
         log.info("run graph=%s thread=%s run=%s user=%s duration_ms=%.0f outcome=%s", entry.name, run.thread_id,
                  run.run_id, prepared.user_id, (time.perf_counter() - started) * 1000, outcome)
 
+
+
+async def _next_part(stream: AsyncIterator, deadline: float, seconds: float) -> Any:
+    """The graph's next stream part, or None at its end; the run's wall-clock limit bounds the wait."""
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await anext(stream)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        if timeout.expired():
+            raise RunLimitExceeded("RUN_TIME_LIMIT", f"The run passed its limit of {seconds:g} s (LOOM_RUN_TIMEOUT, "
+                                   "or forwardedProps.context.run_timeout).") from None
+        raise
