@@ -78,11 +78,15 @@ class ChatModel(ChatOpenAI):
         budget = current_budget.get()
         finished = False
         with budget.model_request() if budget is not None else nullcontext():
-            async for chunk in super()._astream(*args, **kwargs):
-                finished = finished or bool((chunk.generation_info or {}).get("finish_reason"))
-                if budget is not None:
-                    budget.charge()
-                yield chunk
+            try:
+                async for chunk in super()._astream(*args, **kwargs):
+                    finished = finished or bool((chunk.generation_info or {}).get("finish_reason"))
+                    if budget is not None:
+                        budget.charge()
+                    yield chunk
+            except (AttributeError, TypeError, KeyError) as exc:  # a chunk that is JSON but not a chunk's shape
+                raise IncompleteStream(f"The model server sent a chunk loom cannot read ({exc}); nothing of the "
+                                       "response was kept.") from exc
         if not finished:
             raise IncompleteStream(
                 "The model server ended the response without a finish reason (no end of stream, HTML, or not "
