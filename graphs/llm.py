@@ -63,6 +63,8 @@ class ChatModel(ChatOpenAI):
     Upstream ChatOpenAI drops non-OpenAI fields; the AG-UI adapter streams this as REASONING events.
     """
 
+    content_timeout: float | None = None  # seconds without a content chunk (LOOM_LLM_TIMEOUT)
+
     @model_validator(mode="after")
     def _stream_dicts(self) -> ChatModel:
         if self.root_async_client is not None and not isinstance(self.async_client, _DictStreamingCompletions):
@@ -70,16 +72,27 @@ class ChatModel(ChatOpenAI):
         return self
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        """The stream, charged to the run's budget; one that ends without a finish reason is an error.
+        """The stream, bounded by silence in content and charged to the run's budget; a stream that ends without
+        a finish reason is an error.
 
-        Why: a server that closes the connection mid-answer (or sends HTML, a non-streamed body, keep-alives
-        only) otherwise ends the stream quietly and the fragment would be stored as the answer.
+        Why a finish reason: a server that closes the connection mid-answer (or sends HTML, a non-streamed body,
+        keep-alives only) otherwise ends the stream quietly and the fragment would be stored as the answer.
+        Why our own silence timeout: keep-alive comments reset a socket read timeout but produce no chunk; and
+        langchain-openai's `stream_chunk_timeout` uses `asyncio.wait_for`, which on Python 3.11 can swallow the
+        cancellation of a client that left (when a chunk arrives at the same moment), so the model request ran on
+        to its end.
         """
         budget = current_budget.get()
         finished = False
+        chunks = super()._astream(*args, **kwargs)
         with budget.model_request() if budget is not None else nullcontext():
             try:
-                async for chunk in super()._astream(*args, **kwargs):
+                while True:
+                    try:
+                        async with asyncio.timeout(self.content_timeout):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
                     finished = finished or bool((chunk.generation_info or {}).get("finish_reason"))
                     if budget is not None:
                         budget.charge()
@@ -87,6 +100,8 @@ class ChatModel(ChatOpenAI):
             except (AttributeError, TypeError, KeyError) as exc:  # a chunk that is JSON but not a chunk's shape
                 raise IncompleteStream(f"The model server sent a chunk loom cannot read ({exc}); nothing of the "
                                        "response was kept.") from exc
+            finally:
+                await chunks.aclose()  # release the connection now, whatever ended the stream
         if not finished:
             raise IncompleteStream(
                 "The model server ended the response without a finish reason (no end of stream, HTML, or not "
@@ -164,8 +179,8 @@ def _chat_model(model: str | None, temperature: float | None, max_tokens: int | 
         streaming=True,
         stream_usage=True,
         timeout=settings.llm_timeout,
-        # Silence in *content*: keep-alive comments reset a socket read timeout but not this one.
-        stream_chunk_timeout=settings.llm_timeout,
+        content_timeout=settings.llm_timeout,
+        stream_chunk_timeout=None,  # replaced by content_timeout (see ChatModel._astream)
         max_retries=settings.llm_max_retries if max_retries is None else max_retries,
         stop=DEMO_STOP if settings.demo_model else None,
         http_async_client=http_client,
