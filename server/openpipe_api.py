@@ -19,6 +19,7 @@ from fastapi.responses import PlainTextResponse
 from loom.adapters.openpipe.client import OpenPipeAuthError, OpenPipeClient, OpenPipeError
 from loom.adapters.openpipe.datasets import thread_entries
 from loom.adapters.openpipe.reporter import current
+from loom.graphs.memory_store import valid_id
 from loom.server.memory_api import _user
 from pydantic import BaseModel, Field
 
@@ -37,6 +38,8 @@ async def _thread(request: Request, thread_id: str, user_id: str):
     """The newest state of the caller's thread (any graph: they share one checkpointer) and its history."""
     graphs = request.app.state.graphs
     config = {"configurable": {"thread_id": thread_id}}
+    if not valid_id(thread_id):  # no run could have made it (and PostgreSQL refuses a NUL)
+        graphs = {}
     for entry in graphs.values():
         snapshot = await entry.graph.aget_state(config)
         if not snapshot.values and not snapshot.metadata:

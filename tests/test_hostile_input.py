@@ -45,7 +45,8 @@ def document(value: str) -> list[dict]:
     (body(assistant_call("{nope")), "invalid_messages", "messages[1].toolCalls[0].function.arguments"),
     (body(document("%%%not base64%%%")), "invalid_messages", "messages[0].content[0].source.value"),
     (body(state={"k": "\udfff"}), "invalid_text", "state.k"),
-    (body(forwardedProps={"context": {"\u0000": 1}}), "invalid_text", "forwardedProps.context.\u0000"),
+    (body(forwardedProps={"context": {"\u0000": 1}}), "invalid_text", "forwardedProps.context.\\u0000"),
+    (body(state={"\ud800": 1}), "invalid_text", "state.\\ud800"),
 ])
 def test_hostile_run_inputs_are_refused_naming_the_field(loom_sqlite, llm, payload, code, field):
     # json.dumps escapes NUL and lone surrogates as \\u0000 / \\ud800: exactly what a hostile client sends.

@@ -30,13 +30,18 @@ def check_tree(data: Any, max_depth: int = MAX_DEPTH) -> InputError | None:
                 return not_text(path or "body")
         elif isinstance(value, dict):
             for key, item in value.items():
-                child = f"{path}.{key}" if path else str(key)
-                if _NOT_TEXT.search(str(key)):
+                child = f"{path}.{_escaped(key)}" if path else _escaped(key)
+                if _NOT_TEXT.search(key):
                     return not_text(child)
                 stack.append((item, child, depth + 1))
         elif isinstance(value, list):
             stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
     return None
+
+
+def _escaped(key: str) -> str:
+    """A key as it may appear in an error's field path: NUL and surrogates as \\uXXXX (the answer is JSON)."""
+    return _NOT_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
 
 
 def not_text(field: str) -> InputError:
