@@ -60,11 +60,13 @@ def serve(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _check_settings()
     local = _use_demo_model_if_unconfigured()
-    settings = get_settings()
+    # The address given here is the one loom serves on (and names in the files it hands out).
+    settings = get_settings().model_copy(update={"host": host or get_settings().host,
+                                                 "port": port or get_settings().port})
     from loom.server.app import create_app
 
     try:
-        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level=log_level, access_log=False)
     finally:
         if local is not None:
