@@ -10,6 +10,7 @@ A 5xx is allowed only as a named upstream dependency failure (OpenPipe is config
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import quote
 
 import httpx
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 from tests.conftest import POSTGRES_URL, LoomServer, free_port
 
 UPSTREAM_CODES = {"openpipe_unavailable", "openpipe_auth"}
-FUZZ = settings(max_examples=250, deadline=None, database=None, derandomize=True,
+# The suite replays the same 250 cases per test; LOOM_FUZZ_EXAMPLES=N explores N fresh random ones instead.
+EXAMPLES = os.environ.get("LOOM_FUZZ_EXAMPLES")
+FUZZ = settings(max_examples=int(EXAMPLES or 250), deadline=None, database=None, derandomize=EXAMPLES is None,
                 suppress_health_check=list(HealthCheck))
 stats = {"cases": 0, "5xx": 0}
 
