@@ -12,13 +12,13 @@ backend's constructor takes one: `StoreMemoryBackend(store, limits)`, `LettaMemo
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from loom.graphs.config import graph_settings
+from loom.graphs.text_checks import is_text
 
 MAX_PAGE = 100  # list() never returns more than this many memories at once
 
@@ -159,18 +159,10 @@ class MemoryLimits:
         return query, limit
 
 
-_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
-
-
 def check_text(value: str, what: str) -> str:
-    if _NOT_TEXT.search(value):
+    if not is_text(value):
         raise MemoryInvalid(f"{what} contains a NUL character or a lone UTF-16 surrogate, which is not valid text")
     return value
-
-
-def valid_id(memory_id: str) -> bool:
-    """Whether an id could name a memory at all (ids are 32 hex digits; other backends' ids are printable)."""
-    return 0 < len(memory_id) <= 256 and memory_id.isprintable()
 
 
 def now_iso() -> str:

@@ -38,8 +38,8 @@ from loom.graphs.memory_store import (
     MemoryStoreError,
     new_memory_id,
     now_iso,
-    valid_id,
 )
+from loom.graphs.text_checks import valid_id
 
 log = logging.getLogger("loom.memory")
 

@@ -19,7 +19,7 @@ from fastapi.responses import PlainTextResponse
 from loom.adapters.openpipe.client import OpenPipeAuthError, OpenPipeClient, OpenPipeError
 from loom.adapters.openpipe.datasets import thread_entries
 from loom.adapters.openpipe.reporter import current
-from loom.graphs.memory_store import valid_id
+from loom.graphs.text_checks import valid_id
 from loom.server.memory_api import _user
 from pydantic import BaseModel, Field
 

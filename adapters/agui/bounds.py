@@ -7,15 +7,13 @@ comes back as its fault. Refused up front with the JSON path of the value.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ag_ui.core import RunAgentInput
 from loom.adapters.agui.inbound import InputError
+from loom.graphs.text_checks import MAX_ID_LENGTH, NOT_TEXT, valid_id
 
 MAX_DEPTH = 64
-MAX_ID_LENGTH = 256
-_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")  # NUL, and surrogates (in a decoded str they are always lone)
 
 
 def check_tree(data: Any, max_depth: int = MAX_DEPTH) -> InputError | None:
@@ -26,12 +24,12 @@ def check_tree(data: Any, max_depth: int = MAX_DEPTH) -> InputError | None:
         if depth > max_depth:
             return InputError("too_deep", f"{path}: nested more than {max_depth} levels deep", path)
         if isinstance(value, str):
-            if _NOT_TEXT.search(value):
+            if NOT_TEXT.search(value):
                 return not_text(path or "body")
         elif isinstance(value, dict):
             for key, item in value.items():
                 child = f"{path}.{_escaped(key)}" if path else _escaped(key)
-                if _NOT_TEXT.search(key):
+                if NOT_TEXT.search(key):
                     return not_text(child)
                 stack.append((item, child, depth + 1))
         elif isinstance(value, list):
@@ -41,7 +39,7 @@ def check_tree(data: Any, max_depth: int = MAX_DEPTH) -> InputError | None:
 
 def _escaped(key: str) -> str:
     """A key as it may appear in an error's field path: NUL and surrogates as \\uXXXX (the answer is JSON)."""
-    return _NOT_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
+    return NOT_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
 
 
 def not_text(field: str) -> InputError:
@@ -61,7 +59,7 @@ def check_ids(run: RunAgentInput) -> InputError | None:
         if (call_id := getattr(message, "tool_call_id", None)) is not None:
             ids.append((f"messages[{i}].toolCallId", call_id))
     for field, value in ids:
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable():
+        if not valid_id(value):
             return InputError("invalid_id", f"{field}: an id must be 1 to {MAX_ID_LENGTH} printable characters",
                               field)
     return None
