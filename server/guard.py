@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The OpenAI-compatible API authenticates before reading its body itself, answering in OpenAI's error shape.
+_OWN_AUTH_PREFIXES = ("/v1/",)
 
 
 class RequestGuard:
@@ -31,10 +33,12 @@ class RequestGuard:
                                     "(LOOM_MAX_HEADER_BYTES).")
         if scope["method"] not in _WITH_BODY:
             return await self.app(scope, receive, send)
-        try:
-            authenticate(Request(scope), self.settings)
-        except HTTPException as exc:
-            return await send_error(send, exc.status_code, exc.detail["code"], exc.detail["message"], exc.headers)
+        if not scope["path"].startswith(_OWN_AUTH_PREFIXES):
+            try:
+                authenticate(Request(scope), self.settings)
+            except HTTPException as exc:
+                return await send_error(send, exc.status_code, exc.detail["code"], exc.detail["message"],
+                                        exc.headers)
         too_large = f"The request body exceeds {max_body} bytes (LOOM_MAX_BODY_BYTES)."
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > max_body:
