@@ -21,6 +21,7 @@ from loom.graphs.toolloop import (
     answered_history,
     frontend_names,
     offered_tools,
+    refuse_over_budget,
     run_tool,
     tool_result,
     turn_iterations,
@@ -43,7 +44,7 @@ class Context(BaseContext, SamplingContext):
     max_iterations: Annotated[int, Field(ge=1, le=100)] = field(
         default=8, metadata={"description": "Model calls per user turn; the last one answers without tools."}
     )
-    tool_timeout: Annotated[float, Field(gt=0, le=3600)] = field(
+    tool_timeout: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = field(
         default=30.0, metadata={"description": "Seconds one server-side tool may run."}
     )
     confirm_tools: list[str] = field(
@@ -88,7 +89,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     if options := ctx.call_options():
         bound = bound.bind(**options)
     response = await bound.ainvoke([system, *answered_history(messages)])
-    return {"messages": [response]}
+    refused = refuse_over_budget(response, messages, ctx.max_iterations, frontend_names(ctx))
+    return {"messages": [response, *refused]}
 
 
 async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:

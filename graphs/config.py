@@ -8,15 +8,17 @@ works offline.
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_MODEL = "gemma-3-270m"  # the alias the embedded demo model answers to (server/local_llm.py)
 
 
 class GraphSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused URL or key must not be echoed into logs.
+    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     # The OpenAI-compatible endpoint every graph uses. Unset: `loom serve` starts the embedded demo model.
     llm_base_url: str | None = None
@@ -43,6 +45,14 @@ class GraphSettings(BaseSettings):
     memory_embeddings_url: str | None = None
     memory_embeddings_model: str = Field("text-embedding-3-small", description="Model name at the endpoint.")
     memory_embeddings_api_key: str = "not-needed"
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+        # The openai client sends its own Authorization header; user:pass@ would fail every run instead.
+        if url and (urlsplit(url).username or urlsplit(url).password):
+            raise ValueError("LOOM_LLM_BASE_URL must not contain user:password@; put the key in LOOM_LLM_API_KEY")
+        return url
 
 
 @lru_cache

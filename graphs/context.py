@@ -23,6 +23,14 @@ class BaseContext:
         default_factory=list,
         metadata={"description": "AG-UI context entries ({description, value}) shown to the model."},
     )
+    # The server enforces these; a run may ask for less than LOOM_RUN_TIMEOUT / LOOM_RUN_MAX_OUTPUT_TOKENS.
+    run_timeout: Annotated[float | None, Field(gt=0, le=86400, allow_inf_nan=False)] = field(
+        default=None, metadata={"description": "Seconds this run may take; at most LOOM_RUN_TIMEOUT."}
+    )
+    max_output_tokens: Annotated[int | None, Field(ge=1, le=10_000_000)] = field(
+        default=None, metadata={"description": "Tokens the model may stream in this run; at most "
+                                               "LOOM_RUN_MAX_OUTPUT_TOKENS."}
+    )
 
 
 @dataclass(kw_only=True)

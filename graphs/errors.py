@@ -37,6 +37,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if any(isinstance(e, (ConnectionRefusedError, socket.gaierror)) for e in chain):
         # Checked first: openai's aiohttp transport reports a refused connection as a connect *timeout*.
         return LLM_UNREACHABLE, f"Cannot reach the model server: {chain[-1]}. Check LOOM_LLM_BASE_URL."
+    if isinstance(exc, openai.APIConnectionError) and any(isinstance(e, ConnectionResetError) for e in chain):
+        # Before any response (a request error, not a broken stream): the server or a proxy refused it.
+        return LLM_UNREACHABLE, "The model server reset the connection before answering. Check LOOM_LLM_BASE_URL."
     if any(isinstance(e, _STREAM_BROKEN) for e in chain):
         return LLM_BAD_RESPONSE, "The model server closed the stream in the middle of a response."
     if isinstance(exc, openai.APITimeoutError):

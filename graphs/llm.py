@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -11,6 +13,7 @@ import openai
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from loom.graphs.config import graph_settings
+from loom.graphs.limits import current_budget
 from openai._base_client import make_request_options
 from pydantic import model_validator
 
@@ -60,11 +63,49 @@ class ChatModel(ChatOpenAI):
     Upstream ChatOpenAI drops non-OpenAI fields; the AG-UI adapter streams this as REASONING events.
     """
 
+    content_timeout: float | None = None  # seconds without a content chunk (LOOM_LLM_TIMEOUT)
+
     @model_validator(mode="after")
     def _stream_dicts(self) -> ChatModel:
         if self.root_async_client is not None and not isinstance(self.async_client, _DictStreamingCompletions):
             self.async_client = _DictStreamingCompletions(self.root_async_client)
         return self
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        """The stream, bounded by silence in content and charged to the run's budget; a stream that ends without
+        a finish reason is an error.
+
+        Why a finish reason: a server that closes the connection mid-answer (or sends HTML, a non-streamed body,
+        keep-alives only) otherwise ends the stream quietly and the fragment would be stored as the answer.
+        Why our own silence timeout: keep-alive comments reset a socket read timeout but produce no chunk; and
+        langchain-openai's `stream_chunk_timeout` uses `asyncio.wait_for`, which on Python 3.11 can swallow the
+        cancellation of a client that left (when a chunk arrives at the same moment), so the model request ran on
+        to its end.
+        """
+        budget = current_budget.get()
+        finished = False
+        chunks = super()._astream(*args, **kwargs)
+        with budget.model_request() if budget is not None else nullcontext():
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.content_timeout):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    finished = finished or bool((chunk.generation_info or {}).get("finish_reason"))
+                    if budget is not None:
+                        budget.charge()
+                    yield chunk
+            except (AttributeError, TypeError, KeyError) as exc:  # a chunk that is JSON but not a chunk's shape
+                raise IncompleteStream(f"The model server sent a chunk loom cannot read ({exc}); nothing of the "
+                                       "response was kept.") from exc
+            finally:
+                await chunks.aclose()  # release the connection now, whatever ended the stream
+        if not finished:
+            raise IncompleteStream(
+                "The model server ended the response without a finish reason (no end of stream, HTML, or not "
+                "a chat completion stream); nothing of it was kept.")
 
     def _convert_chunk_to_generation_chunk(
         self, chunk: dict, default_chunk_class: type, base_generation_info: dict | None
@@ -85,6 +126,10 @@ class ChatModel(ChatOpenAI):
             if reasoning:
                 generation.message.additional_kwargs["reasoning_content"] = reasoning
         return result
+
+
+class IncompleteStream(Exception):
+    run_error_code = "LLM_BAD_RESPONSE"
 
 
 _http_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -134,6 +179,8 @@ def _chat_model(model: str | None, temperature: float | None, max_tokens: int | 
         streaming=True,
         stream_usage=True,
         timeout=settings.llm_timeout,
+        content_timeout=settings.llm_timeout,
+        stream_chunk_timeout=None,  # replaced by content_timeout (see ChatModel._astream)
         max_retries=settings.llm_max_retries if max_retries is None else max_retries,
         stop=DEMO_STOP if settings.demo_model else None,
         http_async_client=http_client,

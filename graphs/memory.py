@@ -35,7 +35,15 @@ from loom.graphs.context import BaseContext, SamplingContext, client_context_pro
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
-from loom.graphs.toolloop import after_tools, answered_history, frontend_names, offered_tools, run_tool, turn_iterations
+from loom.graphs.toolloop import (
+    after_tools,
+    answered_history,
+    frontend_names,
+    offered_tools,
+    refuse_over_budget,
+    run_tool,
+    turn_iterations,
+)
 from pydantic import Field
 
 log = logging.getLogger("loom.memory")
@@ -76,7 +84,7 @@ class Context(BaseContext, SamplingContext):
     max_iterations: Annotated[int, Field(ge=1, le=100)] = field(
         default=8, metadata={"description": "Model calls per user turn; the last one answers without tools."}
     )
-    tool_timeout: Annotated[float, Field(gt=0, le=3600)] = field(
+    tool_timeout: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = field(
         default=30.0, metadata={"description": "Seconds one memory tool call may run."}
     )
 
@@ -187,7 +195,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
     if options := ctx.call_options():
         bound = bound.bind(**options)
     response = await bound.ainvoke([system, *answered_history(messages)])
-    return {"messages": [response]}
+    refused = refuse_over_budget(response, messages, ctx.max_iterations, frontend_names(ctx))
+    return {"messages": [response, *refused]}
 
 
 async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from loom.graphs.config import graph_settings
+from loom.graphs.text_checks import is_text
 
 MAX_PAGE = 100  # list() never returns more than this many memories at once
 
@@ -77,6 +78,13 @@ class MemoryLimitExceeded(MemoryStoreError):
     code = "memory_limit"
 
 
+class MemoryInvalid(MemoryStoreError):
+    """Input that is not text (a NUL, a lone surrogate): no store can keep it."""
+
+    status = 422
+    code = "invalid_input"
+
+
 class MemorySearchDisabled(MemoryStoreError):
     status = 403
     code = "memory_search_disabled"
@@ -107,7 +115,7 @@ class MemoryLimits:
                    search_enabled=s.memory_search)
 
     def check_content(self, content: str) -> str:
-        content = (content or "").strip()
+        content = check_text((content or "").strip(), "memory content")
         if not content:
             raise MemoryLimitExceeded("memory content is empty")
         if len(content) > self.max_length:
@@ -117,7 +125,7 @@ class MemoryLimits:
         return content
 
     def check_tags(self, tags: list[str] | None) -> list[str]:
-        tags = [t.strip() for t in (tags or []) if t and t.strip()]
+        tags = [check_text(t.strip(), "a tag") for t in (tags or []) if t and t.strip()]
         if len(tags) > self.max_tags:
             raise MemoryLimitExceeded(f"{len(tags)} tags; the limit is {self.max_tags} tags per memory")
         for tag in tags:
@@ -141,7 +149,7 @@ class MemoryLimits:
     def check_search(self, query: str, limit: int) -> tuple[str, int]:
         if not self.search_enabled:
             raise MemorySearchDisabled("memory search is turned off on this server (LOOM_MEMORY_SEARCH=false)")
-        query = (query or "").strip()
+        query = check_text((query or "").strip(), "the search query")
         if not query:
             raise MemoryLimitExceeded("search query is empty")
         if len(query) > self.max_length:
@@ -149,6 +157,12 @@ class MemoryLimits:
         if limit < 1 or limit > MAX_PAGE:
             raise MemoryLimitExceeded(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
         return query, limit
+
+
+def check_text(value: str, what: str) -> str:
+    if not is_text(value):
+        raise MemoryInvalid(f"{what} contains a NUL character or a lone UTF-16 surrogate, which is not valid text")
+    return value
 
 
 def now_iso() -> str:

@@ -17,6 +17,7 @@ loom replicas on one PostgreSQL:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -38,6 +39,7 @@ from loom.graphs.memory_store import (
     new_memory_id,
     now_iso,
 )
+from loom.graphs.text_checks import valid_id
 
 log = logging.getLogger("loom.memory")
 
@@ -48,6 +50,9 @@ _WRITER_TTL = 7 * 86400  # counters of processes silent this long are removed (r
 
 _WRITER = uuid.uuid4().hex  # this process's counter key
 _writes = itertools.count(1)
+# One lock per (store, user) while an add is in flight; a lock nobody holds is collected.
+_user_locks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_RECOUNT_MARGIN = 32  # adds this close to the limit recount the store afterwards (other replicas)
 _caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # store -> OrderedDict[label, UserIndex]
 
 
@@ -58,6 +63,12 @@ def namespace_label(user_id: str) -> str:
     if not user_id:
         raise MemoryStoreError("memory operations need a user id")
     return user_id.replace("%", "%25").replace(".", "%2E").replace("\x00", "%00")
+
+
+def _remove_all(index: UserIndex, ids: set[str]) -> UserIndex:
+    for memory_id in ids:
+        index = index.remove(memory_id)
+    return index
 
 
 def _from_value(key: str, value: dict) -> Memory:
@@ -82,15 +93,35 @@ class StoreMemoryBackend:
         """Bulk add (imports, benchmarks): the same limits, all or nothing, embeddings in batches."""
         contents, tags = [self.limits.check_content(c) for c in contents], self.limits.check_tags(tags)
         label = namespace_label(user_id)
-        current, most = len((await self._index(label)).memories), self.limits.max_per_user
-        if len(contents) == 1:
-            self.limits.check_count(current)
-        elif current + len(contents) > most:
-            raise MemoryLimitExceeded(f"adding {len(contents)} memories to {current} would pass the limit of {most} "
-                                      "(LOOM_MEMORY_MAX_PER_USER)")
-        memories = [Memory(new_memory_id(), c, list(tags), stamp, stamp) for c in contents for stamp in [now_iso()]]
-        await self._write(label, memories)
+        most = self.limits.max_per_user
+        lock = _user_locks.setdefault((id(self.store), label), asyncio.Lock())  # held below: not collected
+        async with lock:  # count and write as one step within this process
+            current = len((await self._index(label)).memories)
+            if len(contents) == 1:
+                self.limits.check_count(current)
+            elif current + len(contents) > most:
+                raise MemoryLimitExceeded(f"adding {len(contents)} memories to {current} would pass the limit of "
+                                          f"{most} (LOOM_MEMORY_MAX_PER_USER)")
+            memories = [Memory(new_memory_id(), c, list(tags), stamp, stamp)
+                        for c in contents for stamp in [now_iso()]]
+            await self._write(label, memories)
+        if current + len(contents) > most - _RECOUNT_MARGIN:
+            await self._undo_if_over_limit(label, memories)
         return memories
+
+    async def _undo_if_over_limit(self, label: str, added: list[Memory]) -> None:
+        """Near the limit another replica may have added at the same time: count what is stored now and take
+        back this add if the two together passed the limit (both may take theirs back: never one too many)."""
+        most = self.limits.max_per_user
+        stored = await self.store.asearch((NAMESPACE, label), limit=most + len(added) + 1)
+        if len(stored) <= most:
+            return
+        for memory in added:
+            await self.store.adelete((NAMESPACE, label), memory.id)
+        ids = {m.id for m in added}
+        await self._bump(label, lambda index: _remove_all(index, ids))
+        raise MemoryLimitExceeded(f"this user already has {most} memories; the limit is {most} "
+                                  "(LOOM_MEMORY_MAX_PER_USER) — delete some first")
 
     async def update(self, user_id: str, memory_id: str, content: str | None = None,
                      tags: list[str] | None = None) -> Memory:
@@ -142,7 +173,7 @@ class StoreMemoryBackend:
         return embedder() if self._embedder == "default" else self._embedder
 
     async def _get(self, label: str, memory_id: str) -> Memory:
-        item = await self.store.aget((NAMESPACE, label), memory_id) if memory_id else None
+        item = await self.store.aget((NAMESPACE, label), memory_id) if valid_id(memory_id) else None
         if item is None:
             raise MemoryNotFound(f"no memory with id {memory_id!r}")
         return _from_value(item.key, item.value)

@@ -28,6 +28,19 @@ def turn_iterations(messages: list[AnyMessage]) -> int:
     return count
 
 
+def refuse_over_budget(response: AIMessage, messages: list[AnyMessage], max_iterations: int,
+                       frontend: set[str]) -> list[ToolMessage]:
+    """Error results for the server-side calls of a model turn past the iteration budget.
+
+    After the budget the model is called without tools, but a model may call one anyway: answering those calls
+    (instead of running them) ends the turn, so the bound holds whatever the model returns.
+    """
+    if turn_iterations([*messages, response]) <= max_iterations:
+        return []
+    return [tool_result(call, f"Error: not run: the tool budget of this turn ({max_iterations} model calls) is "
+                        "used up.", "error") for call in response.tool_calls if call["name"] not in frontend]
+
+
 def answered_history(messages: list[AnyMessage]) -> list[AnyMessage]:
     """The history with a placeholder result for any tool call the client never answered.
 

@@ -9,14 +9,16 @@ import os
 from contextlib import asynccontextmanager
 
 from ag_ui.core import RunAgentInput
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from loom.adapters.agui.bounds import check_ids, check_tree
 from loom.adapters.agui.inbound import InputError, user_from_props
 from loom.adapters.openpipe.reporter import Reporter
 from loom.graphs.llm import close_http_clients
 from loom.server.admission import Refused, admit
 from loom.server.auth import authenticate, resolve_user
+from loom.server.guard import RequestGuard
 from loom.server.history_api import router as history_router
 from loom.server.memory_api import router as memory_router
 from loom.server.openai_api import router as openai_router
@@ -30,11 +32,29 @@ from loom.server.shutdown import Drain
 from loom.server.sse import EventStreamResponse
 from loom.server.threads import open_threads
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 log = logging.getLogger("loom.server")
 
 DEMO_NOTE = ("A tiny offline demo model (Gemma 3 270M, base checkpoint) is answering: expect weak answers. "
              "Point loom at a real model with LOOM_LLM_BASE_URL, LOOM_LLM_API_KEY and LOOM_LLM_MODEL.")
+
+
+def _error_response(description: str) -> dict:
+    error = {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                                              "field": {"type": "string"}}, "required": ["code", "message"]}
+    schema = {"type": "object", "properties": {"error": error}, "required": ["error"]}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+# Every route may answer these, in loom's error shape (the OpenAPI document lists them).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: _error_response("Bad request"), 401: _error_response("No or invalid API key"),
+    403: _error_response("Not allowed for this key or client"), 404: _error_response("Not found"),
+    413: _error_response("Body too large (LOOM_MAX_BODY_BYTES)"),
+    422: _error_response("Invalid input; `field` names the offending value"),
+    431: _error_response("Headers too large (LOOM_MAX_HEADER_BYTES)"),
+}
 
 
 def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
@@ -69,8 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await reporter.stop()  # flush what is queued, bounded by LOOM_OPENPIPE_FLUSH_SECONDS
                 await close_http_clients()
 
-    app = FastAPI(title="loom", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="loom", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.settings = settings
+    app.add_middleware(RequestGuard, settings=settings)
     app.include_router(memory_router)
     app.include_router(openpipe_router)
     app.include_router(history_router)
@@ -84,14 +105,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         field = _field_path(tuple(p for p in error["loc"] if p not in ("body", "query", "path")))
         return _error(422, "invalid_input", f"{field}: {error['msg']}", field=field)
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # Starlette's: unknown routes and methods answer in loom's shape too
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, dict) else {"code": "http_error", "message": str(exc.detail)}
         return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return _error(422, "too_deep", "The body is nested too deeply to read.")
+
     @app.get("/health")
-    async def health() -> dict:
-        model = {"base_url": settings.llm_base_url, "model": settings.llm_model, "demo": settings.demo_model}
+    async def health(request: Request) -> dict:
+        model = {"model": settings.llm_model, "demo": settings.demo_model}
+        if _may_see_internals(request, settings):  # the URL names internal hosts: keep it from anonymous callers
+            model["base_url"] = _without_credentials(settings.llm_base_url)
         if settings.demo_model:
             model["note"] = DEMO_NOTE
         database = "postgresql" if settings.database_url.startswith("postgres") else "sqlite"
@@ -106,11 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/openwebui/pipe.py")
     async def openwebui_pipe(request: Request):
-        """The OpenWebUI pipe, its Loom URL the one this request reached. No key needed: it holds none."""
+        """The OpenWebUI pipe, its loom URL LOOM_PUBLIC_URL (never the request's Host header). No key needed."""
         from fastapi.responses import PlainTextResponse
         from loom.adapters.openwebui.bundle import render_pipe
 
-        return PlainTextResponse(render_pipe(str(request.base_url)),
+        return PlainTextResponse(render_pipe(settings.served_url),
                                  headers={"content-disposition": 'inline; filename="loom_pipe.py"'})
 
     @app.post("/agents/{name}")
@@ -132,7 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse(exc.body(), status_code=exc.status)
         except InputError as exc:
             return _error(422, exc.code, str(exc), field=exc.field)
-        return EventStreamResponse(stream_run(prepared), on_close=prepared.lease.release_soon)
+        return EventStreamResponse(stream_run(prepared), on_close=prepared.lease.release_soon,
+                                   on_disconnect=prepared.budget.cancel_model_requests)
 
     return app
 
@@ -157,8 +185,12 @@ def _parse_run(body: bytes, settings: Settings) -> RunAgentInput | JSONResponse:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _error(422, "invalid_json", f"The body is not valid JSON: {exc}")
+    except RecursionError:
+        return _error(422, "too_deep", "The body is nested too deeply to read.")
     if not isinstance(data, dict):
         return _error(422, "invalid_input", "The body must be a RunAgentInput object.")
+    if (refused := check_tree(data)) is not None:
+        return _error(422, refused.code, str(refused), field=refused.field)
     # Count before validating: a huge list should be refused without the cost of parsing every item.
     for key, limit, setting in (("messages", settings.max_messages, "LOOM_MAX_MESSAGES"),
                                 ("tools", settings.max_tools, "LOOM_MAX_TOOLS")):
@@ -166,11 +198,32 @@ def _parse_run(body: bytes, settings: Settings) -> RunAgentInput | JSONResponse:
             return _error(422, f"too_many_{key}", f"{key}: {len(data[key])} items exceed the limit of {limit} "
                           f"({setting}).", field=key, limit=limit)
     try:
-        return RunAgentInput.model_validate(data)
+        run = RunAgentInput.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = _field_path(error["loc"])
         return _error(422, "invalid_input", f"{field}: {error['msg']}", field=field)
+    if (refused := check_ids(run)) is not None:
+        return _error(422, refused.code, str(refused), field=refused.field)
+    return run
+
+
+def _may_see_internals(request: Request, settings: Settings) -> bool:
+    try:
+        authenticate(request, settings)
+    except HTTPException:
+        return False
+    return True
+
+
+def _without_credentials(url: str | None) -> str | None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) \
+        if parts.hostname else url
 
 
 def _field_path(loc: tuple) -> str:

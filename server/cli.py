@@ -33,6 +33,19 @@ def _use_demo_model_if_unconfigured() -> object | None:
     return local
 
 
+def _check_settings() -> None:
+    """Refuse to start on a setting that would fail every run, with the setting's own message."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "LOOM_" + "_".join(str(p) for p in error["loc"]).upper()
+            console.print(f"[red]{name}: {error['msg'].removeprefix('Value error, ')}[/red]")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="Interface to bind (LOOM_HOST)."),
@@ -45,13 +58,18 @@ def serve(
     """Run the AG-UI server. Without LOOM_LLM_BASE_URL it starts a tiny offline demo model first."""
     from loom.server.serving import configure_logging, run_server
 
-    _check_graphs(config)
     configure_logging(log_level)
+    _check_settings()
+    _check_graphs(config)
+    # The address given here is the one loom serves on (and names in the files it hands out); workers read it
+    # from the environment like every other setting.
+    os.environ.update({k: str(v) for k, v in (("LOOM_HOST", host), ("LOOM_PORT", port)) if v})
+    reload_settings()
     local = _use_demo_model_if_unconfigured()  # once, before any worker: they get its URL from the environment
     settings = get_settings()
     try:
-        run_server(settings, host=host or settings.host, port=port or settings.port,
-                   workers=workers or settings.workers, log_level=log_level)
+        run_server(settings, host=settings.host, port=settings.port, workers=workers or settings.workers,
+                   log_level=log_level)
     finally:
         if local is not None:
             local.stop()

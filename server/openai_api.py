@@ -141,7 +141,8 @@ async def chat_completions(request: Request):
         reply_headers["x-loom-ignored-params"] = ",".join(chat.ignored)
     if chat.stream:
         response = EventStreamResponse(_chunks(stream_run(prepared, encode=list), translator),
-                                       on_close=prepared.lease.release_soon)
+                                       on_close=prepared.lease.release_soon,
+                                       on_disconnect=prepared.budget.cancel_model_requests)
         response.headers.update(reply_headers)
         return response
     try:

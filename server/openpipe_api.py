@@ -19,6 +19,7 @@ from fastapi.responses import PlainTextResponse
 from loom.adapters.openpipe.client import OpenPipeAuthError, OpenPipeClient, OpenPipeError
 from loom.adapters.openpipe.datasets import thread_entries
 from loom.adapters.openpipe.reporter import current
+from loom.graphs.text_checks import valid_id
 from loom.server.memory_api import _user
 from loom.server.threads import ThreadNotFound, not_found
 from pydantic import BaseModel, Field
@@ -42,6 +43,8 @@ async def _thread(request: Request, thread_id: str, user_id: str):
         raise HTTPException(404, not_found(thread_id)) from None
     graphs = request.app.state.graphs
     config = {"configurable": {"thread_id": thread_id}}
+    if not valid_id(thread_id):  # no run could have made it (and PostgreSQL refuses a NUL)
+        graphs = {}
     for entry in graphs.values():
         snapshot = await entry.graph.aget_state(config)
         if not snapshot.values and not snapshot.metadata:
@@ -96,8 +99,8 @@ async def openpipe_status(request: Request, user_id: str = Depends(_user)) -> di
 
 @router.get("/openwebui/action.py")
 async def openwebui_action(request: Request):
-    """The OpenWebUI Action, its loom URL the one this request reached. It holds no key."""
+    """The OpenWebUI Action, its loom URL LOOM_PUBLIC_URL (never the request's Host header). It holds no key."""
     from loom.adapters.openwebui.action import render_action
 
-    return PlainTextResponse(render_action(str(request.base_url)),
+    return PlainTextResponse(render_action(request.app.state.settings.served_url),
                              headers={"content-disposition": 'inline; filename="loom_openpipe_action.py"'})

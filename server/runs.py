@@ -19,7 +19,9 @@ from loom.adapters.agui.state import StateError, StateSync
 from loom.adapters.openpipe.reporter import current as openpipe_reporter
 from loom.adapters.openpipe.reporter import opted_out, system_task
 from loom.graphs.errors import classify
+from loom.graphs.limits import RunBudget, RunLimitExceeded, current_budget
 from loom.server.registry import GraphEntry
+from loom.server.settings import get_settings
 from loom.server.shutdown import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, Drain
 from loom.server.threads import Lease
 
@@ -42,6 +44,18 @@ class PreparedRun:
     known_ids: frozenset[str] = frozenset()  # messages the thread or the client hold before the run
     lease: Lease | None = None  # released before the terminal event: a client's next turn must find it free
     drain: Drain | None = None  # the process's shutdown drain, which may cut the run off
+    run_timeout: float = 600.0  # seconds of wall clock for the whole run
+    budget: RunBudget | None = None  # output tokens, and the model requests to cancel when the client leaves
+
+
+def run_limits(context: Any) -> tuple[float, int]:
+    """(seconds, output tokens) for one run: the server's limits, lowered (never raised) by the run's context."""
+    settings = get_settings()
+    seconds, tokens = settings.run_timeout, settings.run_max_output_tokens
+    asked_seconds = getattr(context, "run_timeout", None)
+    asked_tokens = getattr(context, "max_output_tokens", None)
+    return (min(seconds, asked_seconds) if asked_seconds else seconds,
+            min(tokens, asked_tokens) if asked_tokens else tokens)
 
 
 async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
@@ -72,6 +86,8 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
             prepared.state, state_update = StateSync.prepare(entry.shared_keys, run.state, snapshot.values)
         except StateError as exc:
             raise InputError("invalid_state", str(exc), exc.field) from None
+    prepared.run_timeout, max_tokens = run_limits(context)
+    prepared.budget = RunBudget(max_tokens)
     if run.resume:
         try:
             prepared.graph_input = resume_command(run, pending)
@@ -123,10 +139,12 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
                 # the thread as it was, which reconciliation repairs from the history the client sends next time.
                 # subgraphs=True: a multi-agent graph's sub-agents stream their tokens like a single agent.
                 modes = [*STREAM_MODES, "values"] if prepared.state else STREAM_MODES
+                current_budget.set(prepared.budget)  # the graph's tasks copy this context: their model calls see it
+                deadline = asyncio.get_running_loop().time() + prepared.run_timeout
                 stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
                                              stream_mode=modes, version="v2", durability="exit", subgraphs=True)
                 async with aclosing(stream):  # closing it cancels the graph's running tasks
-                    async for part in stream:
+                    while (part := await _next_part(stream, deadline, prepared.run_timeout)) is not None:
                         events = translator.feed(part)
                         if prepared.state is not None:
                             events += prepared.state.feed(part)
@@ -145,6 +163,8 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
         except (asyncio.CancelledError, GeneratorExit) as exc:
             if not (isinstance(exc, asyncio.CancelledError) and prepared.drain is not None and prepared.drain.stopping):
                 outcome = "cancelled"
+                if prepared.budget is not None:
+                    prepared.budget.cancel_model_requests()
                 raise
             # Cut off by shutdown (not by the client): nothing was checkpointed, and the client gets a terminal event.
             asyncio.current_task().uncancel()
@@ -165,3 +185,18 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
 
 async def _nothing() -> None:
     return None
+
+
+async def _next_part(stream: AsyncIterator, deadline: float, seconds: float) -> Any:
+    """The graph's next stream part, or None at its end; the run's wall-clock limit bounds the wait."""
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await anext(stream)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        if timeout.expired():
+            raise RunLimitExceeded("RUN_TIME_LIMIT", f"The run passed its limit of {seconds:g} s (LOOM_RUN_TIMEOUT, "
+                                   "or forwardedProps.context.run_timeout).") from None
+        raise

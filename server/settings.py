@@ -46,7 +46,8 @@ def parse_api_keys(raw: str | list) -> list[ApiKey]:
 class Settings(GraphSettings, LettaSettings):
     """The server's settings: the graphs' and Letta's own (LLM, memory, Letta) plus serving, keys and OpenPipe."""
 
-    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LOOM_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     database_url: str = Field("sqlite:///./.loom/loom.db", description="sqlite:///path or postgresql://…")
 
@@ -76,10 +77,19 @@ class Settings(GraphSettings, LettaSettings):
     run_lease_seconds: float = Field(30.0, gt=0, description="A dead replica's hold on a thread expires after this.")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="SIGTERM: seconds runs in flight may finish.")
 
-    # Request limits (413/422 name the limit that was hit).
+    # The URL clients reach loom at (behind a proxy, say); the OpenWebUI files it serves hold it. Unset: the
+    # files hold http://LOOM_HOST:LOOM_PORT, never the request's Host header (anyone can send one).
+    public_url: str | None = None
+
+    # Request limits (413/422/431 name the limit that was hit).
     max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = Field(16 * 1024, description="Bytes of request headers (names and values) in all.")
     max_messages: int = 500
     max_tools: int = 128
+
+    # Bounds on every run, whatever the model does; a run's context may lower them, never raise them.
+    run_timeout: float = Field(600.0, gt=0, allow_inf_nan=False, description="Seconds one run may take in all.")
+    run_max_output_tokens: int = Field(32_000, ge=1, description="Tokens the model may stream in one run.")
 
     # Embedded demo model (used only when llm_base_url is unset).
     local_llm_port: int = 0
@@ -89,6 +99,14 @@ class Settings(GraphSettings, LettaSettings):
     @classmethod
     def _parse_keys(cls, value):
         return parse_api_keys(value or "")
+
+    @property
+    def served_url(self) -> str:
+        """loom's URL for the files it hands out: LOOM_PUBLIC_URL, else http://LOOM_HOST:LOOM_PORT."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # a bind-all address
+        return f"http://{host}:{self.port}"
 
     @property
     def uses_demo_model(self) -> bool:

@@ -18,9 +18,11 @@ from starlette.types import Receive, Scope, Send
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], None] | None = None):
+    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], None] | None = None,
+                 on_disconnect: Callable[[], object] | None = None):
         self.body_iterator = body
         self.on_close = on_close
+        self.on_disconnect = on_disconnect
         self.status_code = 200
         self.background = None
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -31,6 +33,8 @@ class EventStreamResponse(Response):
         disconnect = asyncio.ensure_future(_until_disconnect(receive))
         try:
             await asyncio.wait((stream, disconnect), return_when=asyncio.FIRST_COMPLETED)
+            if disconnect.done() and self.on_disconnect is not None:
+                self.on_disconnect()  # at once: the body's own cancellation below may take a while to get there
         finally:
             disconnect.cancel()
             stream.cancel()

@@ -11,6 +11,9 @@ Run it::
 ``--tokens N``         ... and stream N tokens (" w0", " w1", ...) instead of echoing the prompt.
 ``--log-limit N``      keep only the newest N request records (default 10000; 0 = unlimited).
 
+Fault modes (`{"fault": "html" | "empty" | "reset_before_headers" | …}`): tests/llm_faults.py. The runner
+(`LLMServer`, a subprocess driven over HTTP): tests/llm_process.py.
+
 API: ``POST /v1/chat/completions`` (stream or not), ``GET /v1/models``, ``POST /v1/embeddings``
 (hashed bag of words, 64 dims unless ``dimensions``, unit length; float or base64 encoding).
 
@@ -41,20 +44,14 @@ import json
 import logging
 import math
 import re
-import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import deque
-from pathlib import Path
-from urllib.parse import quote
 
-import httpx
+from tests.llm_faults import serve_fault
+from tests.llm_process import LLMServer, free_port  # noqa: F401 — the runner, importable from here
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _WORD = re.compile(r"\s*\S+|\s+")
 _ERROR_KIND = {400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
@@ -160,8 +157,11 @@ class App:
         if method != "POST" or path != "/v1/chat/completions":
             return await self._error(send, rec, 404, f"no route {method} {path}")
         spec = self._next_response(rec["model"] or "", req)
-        run = self._stream if req.get("stream") else self._complete
-        task = asyncio.ensure_future(run(send, rec, spec, req))
+        if spec.get("fault"):
+            task = asyncio.ensure_future(self._fault(send, rec, spec))
+        else:
+            run = self._stream if req.get("stream") else self._complete
+            task = asyncio.ensure_future(run(send, rec, spec, req))
         # The body is fully read, so the next receive() only returns once the client disconnects.
         watch = asyncio.ensure_future(receive())
         done, _ = await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
@@ -169,9 +169,15 @@ class App:
             watch.cancel()
             task.result()  # re-raises _Abort so uvicorn drops the connection
         else:
-            rec.update(ended_at=time.time(), outcome="disconnected")
+            if rec["outcome"] in (None, "hung"):  # not a connection this server closed itself
+                rec.update(ended_at=time.time(), outcome="disconnected")
             task.cancel()
             await asyncio.wait((task,))
+
+    async def _fault(self, send, rec, spec):
+        if spec.get("ttft_ms"):
+            await asyncio.sleep(spec["ttft_ms"] / 1000)
+        await serve_fault(send, rec, spec)
 
     def _next_response(self, model: str, req: dict) -> dict:
         for key in (model, "*"):
@@ -340,98 +346,6 @@ async def _send_json(send, status: int, body: bytes, headers=()):
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LLMServer:
-    """Runs the server in a subprocess and drives its control endpoints (sync httpx)."""
-
-    def __init__(self, api_key: str | None = None, extra_args: list[str] = ()):
-        self.api_key, self.extra_args = api_key, list(extra_args)
-        self.proc: subprocess.Popen | None = None
-        self.root = self.url = ""
-        self.log_path = ""
-
-    def start(self) -> LLMServer:
-        for _attempt in range(3):  # free_port() can race with another process; retry on a new port
-            port = free_port()
-            self.root, self.url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
-            log = tempfile.NamedTemporaryFile("w", prefix="llm_server_", suffix=".log", delete=False)
-            self.log_path = log.name
-            args = [sys.executable, "-m", "tests.llm_server", "--host", "127.0.0.1", "--port", str(port)]
-            args += ["--api-key", self.api_key] if self.api_key else []
-            self.proc = subprocess.Popen(args + self.extra_args, cwd=REPO_ROOT, stdout=log, stderr=log)
-            log.close()
-            self._http = httpx.Client(base_url=self.root, timeout=10)
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if self._http.get("/v1/models", headers=headers).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-            tail = self.log_text()[-2000:]
-            self.stop()
-        raise RuntimeError(f"llm_server did not start; log:\n{tail}")
-
-    def log_text(self) -> str:
-        """The subprocess's stdout/stderr so far (deleted by stop())."""
-        return Path(self.log_path).read_text() if self.log_path else ""
-
-    def _post(self, path: str, payload: dict | None = None) -> None:
-        self._http.post(path, json=payload or {}).raise_for_status()
-
-    def script(self, *responses: dict, model: str | None = None) -> None:
-        self._post("/_script", {"model": model or "*", "responses": list(responses)})
-
-    def set_model(self, model: str, **behaviour) -> None:
-        self._post(f"/_models/{quote(model, safe='')}", behaviour)
-
-    def requests(self, path: str | None = "/v1/chat/completions") -> list[dict]:
-        """Request records in arrival order; chat completions only unless ``path`` says otherwise."""
-        records = self._http.get("/_requests").raise_for_status().json()
-        return [r for r in records if path is None or r["path"] == path]
-
-    def wait_request(self, predicate=lambda r: r["ended_at"] is not None, timeout: float = 5.0) -> dict:
-        """Poll until a chat record satisfies ``predicate``. Blocking: from async code use a thread."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for record in self.requests():
-                if predicate(record):
-                    return record
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no request matched; records: {self.requests()}")
-            time.sleep(0.02)
-
-    def reset(self) -> None:
-        self._post("/_reset")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_http", None):
-            self._http.close()
-        if self.log_path:
-            Path(self.log_path).unlink(missing_ok=True)
-            self.log_path = ""
-
-    def __enter__(self) -> LLMServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -32,9 +34,11 @@ def _content_part(part: Any, where: str) -> dict:
             return {"type": "image_url", "image_url": {"url": f"data:{source.mime_type};base64,{source.value}"}}
     if kind == "document" and source is not None and source.type == "data" and \
             (source.mime_type or "").startswith("text/"):
-        import base64
-
-        return {"type": "text", "text": base64.b64decode(source.value).decode("utf-8", "replace")}
+        try:
+            data = base64.b64decode(source.value, validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageError(f"{where}.source.value", "is not valid base64") from None
+        return {"type": "text", "text": data.decode("utf-8", "replace")}
     raise MessageError(where, f"content part of type {kind!r} is not supported here (text, image, text documents)")
 
 
@@ -59,8 +63,10 @@ def to_langchain(messages: list[agui.Message]) -> list[BaseMessage]:
                 for j, call in enumerate(m.tool_calls or []):
                     try:
                         args = json.loads(call.function.arguments or "{}")
-                    except json.JSONDecodeError:
+                    except (json.JSONDecodeError, RecursionError):
                         raise MessageError(f"{where}.toolCalls[{j}].function.arguments", "is not valid JSON") from None
+                    if not isinstance(args, dict):  # tool arguments are named: a model never sends a list
+                        raise MessageError(f"{where}.toolCalls[{j}].function.arguments", "must be a JSON object")
                     calls.append({"id": call.id, "name": call.function.name, "args": args, "type": "tool_call"})
                 out.append(AIMessage(m.content or "", id=m.id, tool_calls=calls, name=m.name))
             case "tool":
