@@ -32,6 +32,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime, get_runtime
 from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, client_context_prompt
+from loom.graphs.demo_model import MEMORY_EXTRACTION_SCHEMA
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
@@ -219,7 +220,10 @@ async def autosave(state: State, runtime: Runtime[Context]) -> dict:
     prompt = [SystemMessage(EXTRACTION_PROMPT),
               HumanMessage("Already remembered:\n" + ("\n".join(f"- {k}" for k in known) or "(nothing)")
                            + f"\n\nThe user's latest message:\n{user_message.text}")]
-    extractor = chat_model(ctx.extraction_model or ctx.model, temperature=0).with_config(tags=[TAG_NOSTREAM])
+    extractor = chat_model(ctx.extraction_model or ctx.model, temperature=0)
+    if is_demo_model():  # llama.cpp's JSON-schema grammar: unconstrained, the base model never wrote the JSON
+        extractor = extractor.bind(extra_body={"json_schema": MEMORY_EXTRACTION_SCHEMA})
+    extractor = extractor.with_config(tags=[TAG_NOSTREAM])
     saved = []
     try:
         facts = _parse_facts((await extractor.ainvoke(prompt)).text)

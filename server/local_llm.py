@@ -33,6 +33,8 @@ MAX_TOKENS = 512
 # - Assistant tool calls render as flat {"name": …, "arguments": …} in both branches. llama.cpp learns the
 #   call format by diffing renderings with and without tool calls; a nested {"tool_call": {…}} object is
 #   mis-analysed (it then expects "name" beside "tool_call") and never parses.
+# - Tools render as name, description and parameter types only: the demo schemas constrain arguments with
+#   `enum`/`pattern` (graphs/demo_model.py) for the grammar, and a 600-zone enum in the prompt would drown it.
 CHAT_TEMPLATE = r"""
 {%- macro call(tc) -%}
 {%- set f = tc.function if tc.function is defined else tc -%}
@@ -46,7 +48,12 @@ CHAT_TEMPLATE = r"""
 {{- '{"type": "object", "properties": {"word": {"type": "string"}}}}\n' -}}
 {{- 'User: What does serendipity mean?\n' -}}
 {{- 'Assistant: {"name": "dictionary", "arguments": {"word": "serendipity"}}\n\nTools:\n' -}}
-{%- for t in tools -%}{{ (t.function if t.function is defined else t) | tojson }}{{ '\n' }}{%- endfor -%}
+{%- for t in tools -%}{%- set f = t.function if t.function is defined else t -%}
+{{- '{"name": ' + f.name | tojson + ', "description": ' + (f.description or '') | tojson + ', "parameters": {' -}}
+{%- for k, v in (f.parameters.properties or {}).items() -%}
+{{- (', ' if not loop.first else '') + k | tojson + ': {"type": ' + (v.type or 'string') | tojson + '}' -}}
+{%- endfor -%}{{ '}}\n' }}
+{%- endfor -%}
 {%- else -%}
 {{- 'A conversation between a user and a helpful assistant.\n\n' -}}
 {{- 'User: What colour is the sky?\nAssistant: The sky is blue.\n' -}}
