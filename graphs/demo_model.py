@@ -14,6 +14,8 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import available_timezones
 
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
 # Arithmetic only, starting with a number or a bracket, and bounded: unconstrained, the model appended
 # " = 2137*19.000…" until the token limit.
 _EXPRESSION = {"pattern": r"^[0-9(][0-9+\-*/(). ]{0,40}$"}
@@ -69,10 +71,22 @@ def demo_tools(tools: list[dict[str, Any]], message: str) -> list[dict[str, Any]
     return out
 
 
-# Auto-save extraction: a JSON object with a short list of short facts, so the base model cannot wander.
-MEMORY_EXTRACTION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"memories": {"type": "array", "maxItems": 3,
-                                "items": {"type": "string", "minLength": 4, "maxLength": 120}}},
-    "required": ["memories"],
-}
+# Auto-save extraction: the model only chooses which first-person clauses of the message to keep (a JSON
+# enum built from them). Freer, it copied the prompt's placeholder ("...") or invented facts ("I am a student").
+def memory_extraction_schema(user_text: str) -> dict[str, Any]:
+    clauses = [c.strip() for c in re.split(r"[.!?;\n]+|,? and (?=I |my |My )", user_text) if c.strip()]
+    facts = [c[0].upper() + c[1:] + "." for c in clauses if re.match(r"(I|my|My|I'm) ", c)]
+    items: dict[str, Any] = {"enum": facts} if facts else {"type": "string", "maxLength": 0}
+    return {"type": "object", "required": ["memories"],
+            "properties": {"memories": {"type": "array", "maxItems": len(facts), "items": items}}}
+
+
+def memory_extraction_messages(user_text: str) -> list[BaseMessage]:
+    return [
+        SystemMessage("Facts about the user worth remembering, from each message, as JSON."),
+        HumanMessage("I am vegetarian and my sister is called Mia."),
+        AIMessage('{"memories": ["I am vegetarian.", "My sister is called Mia."]}'),
+        HumanMessage("What is the weather like today?"),
+        AIMessage('{"memories": []}'),
+        HumanMessage(user_text),
+    ]

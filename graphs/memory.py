@@ -32,7 +32,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime, get_runtime
 from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, client_context_prompt
-from loom.graphs.demo_model import MEMORY_EXTRACTION_SCHEMA
+from loom.graphs.demo_model import memory_extraction_messages, memory_extraction_schema
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
@@ -221,8 +221,9 @@ async def autosave(state: State, runtime: Runtime[Context]) -> dict:
               HumanMessage("Already remembered:\n" + ("\n".join(f"- {k}" for k in known) or "(nothing)")
                            + f"\n\nThe user's latest message:\n{user_message.text}")]
     extractor = chat_model(ctx.extraction_model or ctx.model, temperature=0)
-    if is_demo_model():  # llama.cpp's JSON-schema grammar: unconstrained, the base model never wrote the JSON
-        extractor = extractor.bind(extra_body={"json_schema": MEMORY_EXTRACTION_SCHEMA})
+    if is_demo_model():  # worked examples and llama.cpp's JSON-schema grammar (graphs/demo_model.py)
+        extractor = extractor.bind(extra_body={"json_schema": memory_extraction_schema(user_message.text)})
+        prompt = memory_extraction_messages(user_message.text)
     extractor = extractor.with_config(tags=[TAG_NOSTREAM])
     saved = []
     try:
