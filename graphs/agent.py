@@ -15,6 +15,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
+from loom.graphs.demo_model import demo_tools
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.toolloop import (
     after_tools,
@@ -83,7 +84,8 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         # (llama.cpp cannot parse its free-form output as a call): force a call on a fresh user turn, answer
         # plainly after tool results.
         fresh_turn = isinstance(messages[-1], HumanMessage)
-        bound = model.bind_tools(tools, tool_choice="any", parallel_tool_calls=False) if fresh_turn else model
+        bound = model.bind_tools(demo_tools(tools, messages[-1].text), tool_choice="any",
+                                 parallel_tool_calls=False) if fresh_turn else model
     else:
         bound = model.bind_tools(tools)
     if options := ctx.call_options():

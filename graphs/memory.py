@@ -32,6 +32,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime, get_runtime
 from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
+from loom.graphs.demo_model import memory_extraction_messages, memory_extraction_schema
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
@@ -230,7 +231,11 @@ async def autosave(state: State, runtime: Runtime[Context]) -> dict:
     prompt = [SystemMessage(EXTRACTION_PROMPT),
               HumanMessage("Already remembered:\n" + ("\n".join(f"- {k}" for k in known) or "(nothing)")
                            + f"\n\nThe user's latest message:\n{user_message.text}")]
-    extractor = chat_model(ctx.extraction_model or ctx.model, temperature=0).with_config(tags=[TAG_NOSTREAM])
+    extractor = chat_model(ctx.extraction_model or ctx.model, temperature=0)
+    if is_demo_model():  # worked examples and llama.cpp's JSON-schema grammar (graphs/demo_model.py)
+        extractor = extractor.bind(extra_body={"json_schema": memory_extraction_schema(user_message.text)})
+        prompt = memory_extraction_messages(user_message.text)
+    extractor = extractor.with_config(tags=[TAG_NOSTREAM])
     saved = []
     try:
         facts = _parse_facts((await extractor.ainvoke(prompt)).text)

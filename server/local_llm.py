@@ -25,7 +25,8 @@ MAX_TOKENS = 512
 
 # Jinja in llama.cpp's dialect (trim_blocks is on, so every newline is written as an explicit '\n').
 # - No tools: a plain transcript with one few-shot pair; the base model answers briefly after "Assistant:"
-#   and the client's DEMO_STOP ends the turn.
+#   and the client's DEMO_STOP ends the turn. Tool calls are left out there and the second pair shows an
+#   answer from a tool result: with the call's JSON in the transcript the model answered by echoing it.
 # - Tools: the same transcript style plus one worked example of a call. llama.cpp's grammar (tool_choice
 #   "required") allows free text before the JSON, and without the example the base model babbles and never
 #   opens the object; with it a call comes back 7/7 on our probe prompts (right tool 4/7). The example
@@ -33,6 +34,8 @@ MAX_TOKENS = 512
 # - Assistant tool calls render as flat {"name": …, "arguments": …} in both branches. llama.cpp learns the
 #   call format by diffing renderings with and without tool calls; a nested {"tool_call": {…}} object is
 #   mis-analysed (it then expects "name" beside "tool_call") and never parses.
+# - Tools render as name, description and parameter types only: the demo schemas constrain arguments with
+#   `enum`/`pattern` (graphs/demo_model.py) for the grammar, and a 600-zone enum in the prompt would drown it.
 CHAT_TEMPLATE = r"""
 {%- macro call(tc) -%}
 {%- set f = tc.function if tc.function is defined else tc -%}
@@ -46,15 +49,23 @@ CHAT_TEMPLATE = r"""
 {{- '{"type": "object", "properties": {"word": {"type": "string"}}}}\n' -}}
 {{- 'User: What does serendipity mean?\n' -}}
 {{- 'Assistant: {"name": "dictionary", "arguments": {"word": "serendipity"}}\n\nTools:\n' -}}
-{%- for t in tools -%}{{ (t.function if t.function is defined else t) | tojson }}{{ '\n' }}{%- endfor -%}
+{%- for t in tools -%}{%- set f = t.function if t.function is defined else t -%}
+{{- '{"name": ' + f.name | tojson + ', "description": ' + (f.description or '') | tojson + ', "parameters": {' -}}
+{%- for k, v in (f.parameters.properties or {}).items() -%}
+{{- (', ' if not loop.first else '') + k | tojson + ': {"type": ' + (v.type or 'string') | tojson + '}' -}}
+{%- endfor -%}{{ '}}\n' }}
+{%- endfor -%}
 {%- else -%}
 {{- 'A conversation between a user and a helpful assistant.\n\n' -}}
 {{- 'User: What colour is the sky?\nAssistant: The sky is blue.\n' -}}
+{{- 'User: How long is the Nile?\nTool result: 6650 km\nAssistant: The Nile is 6650 km long.\n' -}}
 {%- endif -%}
 {%- for m in messages if m.role != 'system' -%}
 {%- if m.role == 'user' -%}{{ '\nUser: ' + m.content }}
 {%- elif m.role == 'assistant' -%}
+{%- if tools or not m.tool_calls -%}
 {{- '\nAssistant: ' + (m.content or '') | trim }}{%- for tc in m.tool_calls or [] -%}{{ call(tc) }}{%- endfor -%}
+{%- endif -%}
 {%- elif m.role == 'tool' -%}{{ '\nTool result: ' + m.content }}
 {%- endif -%}
 {%- endfor -%}
