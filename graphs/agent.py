@@ -83,8 +83,10 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         # The embedded demo model only produces tool calls when forced, and 500s on tool_choice="auto"
         # (llama.cpp cannot parse its free-form output as a call): force a call on a fresh user turn, answer
         # plainly after tool results.
+        # demo_tools in a thread: its first call lists the time zones on disk (`langgraph dev` refuses
+        # blocking calls on its event loop).
         fresh_turn = isinstance(messages[-1], HumanMessage)
-        bound = model.bind_tools(demo_tools(tools, messages[-1].text), tool_choice="any",
+        bound = model.bind_tools(await asyncio.to_thread(demo_tools, tools, messages[-1].text), tool_choice="any",
                                  parallel_tool_calls=False) if fresh_turn else model
     else:
         bound = model.bind_tools(tools)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEMO_MODEL = "gemma-3-270m"  # the alias the embedded demo model answers to (server/local_llm.py)
+DEMO_MODEL = "gemma-3-270m"  # the alias the embedded demo model answers to (graphs/local_llm.py)
 
 
 class GraphSettings(BaseSettings):
@@ -29,6 +29,8 @@ class GraphSettings(BaseSettings):
     # Set by `loom serve` when it started the embedded demo model, so graphs apply its quirks (stop strings,
     # temperature 0, bounded output, forced tool choice).
     demo_model: bool = False
+    local_llm_port: int = Field(0, description="Port of the embedded demo model (0: any free port).")
+    local_llm_threads: int = Field(2, description="CPU threads of the embedded demo model.")
 
     extra_tools: str = Field("", description="Comma-separated modules whose TOOLS list the agent graph adds.")
 

@@ -1,4 +1,4 @@
-"""What the graphs do differently on the embedded demo model (Gemma 3 270M base, server/local_llm.py).
+"""What the graphs do differently on the embedded demo model (Gemma 3 270M base, graphs/local_llm.py).
 
 The model picks the wrong tool for most questions and, unconstrained, writes arguments that run on or are no
 valid value. llama.cpp builds its tool-call grammar from each tool's JSON schema, so tightening the schemas

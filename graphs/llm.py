@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
@@ -14,10 +16,11 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from loom.graphs.config import graph_settings
 from loom.graphs.limits import current_budget
+from loom.graphs.local_llm import LocalLLM, start_local_llm
 from openai._base_client import make_request_options
 from pydantic import model_validator
 
-# The embedded demo model (server/local_llm.py) is a base model with no turn structure of its own: it
+# The embedded demo model (graphs/local_llm.py) is a base model with no turn structure of its own: it
 # continues the transcript until stopped client-side.
 # llama.cpp ignores `stop` when tools are in the request (the tool grammar ends generation there instead).
 # It also imitates the template's other speakers ("Tool result:") and lower-cased ones.
@@ -65,6 +68,8 @@ class ChatModel(ChatOpenAI):
 
     content_timeout: float | None = None  # seconds without a content chunk (LOOM_LLM_TIMEOUT)
 
+    starts_demo: bool = False  # no LLM configured: the first call starts the embedded demo model (Studio)
+
     @model_validator(mode="after")
     def _stream_dicts(self) -> ChatModel:
         if self.root_async_client is not None and not isinstance(self.async_client, _DictStreamingCompletions):
@@ -82,6 +87,8 @@ class ChatModel(ChatOpenAI):
         cancellation of a client that left (when a chunk arrives at the same moment), so the model request ran on
         to its end.
         """
+        if self.starts_demo and _demo is None:
+            await asyncio.to_thread(_start_demo)
         budget = current_budget.get()
         finished = False
         chunks = super()._astream(*args, **kwargs)
@@ -167,12 +174,13 @@ def chat_model(model: str | None = None, temperature: float | None = None, max_t
 def _chat_model(model: str | None, temperature: float | None, max_tokens: int | None, max_retries: int | None,
                 http_client: Any) -> ChatModel:
     settings = graph_settings()
-    if settings.demo_model:  # deterministic and bounded: the tiny model wanders otherwise
+    if is_demo_model():  # deterministic and bounded: the tiny model wanders otherwise
         max_tokens = max_tokens or DEMO_MAX_TOKENS
         temperature = 0.0 if temperature is None else temperature
     return ChatModel(
         model=model or settings.llm_model,
-        base_url=settings.llm_base_url,
+        base_url=settings.llm_base_url or _demo_url(),
+        starts_demo=settings.llm_base_url is None,
         api_key=settings.llm_api_key,
         temperature=temperature,
         max_tokens=max_tokens,
@@ -182,10 +190,44 @@ def _chat_model(model: str | None, temperature: float | None, max_tokens: int | 
         content_timeout=settings.llm_timeout,
         stream_chunk_timeout=None,  # replaced by content_timeout (see ChatModel._astream)
         max_retries=settings.llm_max_retries if max_retries is None else max_retries,
-        stop=DEMO_STOP if settings.demo_model else None,
+        stop=DEMO_STOP if is_demo_model() else None,
         http_async_client=http_client,
     )
 
 
 def is_demo_model() -> bool:
-    return graph_settings().demo_model
+    """Whether the embedded demo model answers: `loom serve` started it, or nothing else is configured."""
+    settings = graph_settings()
+    return settings.demo_model or settings.llm_base_url is None
+
+
+# ------------------------------------------------------------------ the demo model, outside `loom serve`
+# `loom serve` starts the demo model itself when no LLM is configured. A graph loaded anywhere else (LangGraph
+# Studio through `langgraph dev`, a notebook) starts it here instead: once per process, on the first model
+# call, in a worker thread (it takes a few seconds to load, and `langgraph dev` refuses blocking calls on its
+# event loop). The port is chosen up front so every model built before then already points at it.
+
+_demo: LocalLLM | None = None
+_demo_port: int | None = None
+_demo_lock = threading.Lock()
+
+
+def _demo_url() -> str:
+    global _demo_port
+    if _demo_port is None:
+        _demo_port = graph_settings().local_llm_port or _free_loopback_port()
+    return f"http://127.0.0.1:{_demo_port}/v1"
+
+
+def _start_demo() -> None:
+    global _demo
+    with _demo_lock:
+        if _demo is None:
+            _demo_url()
+            _demo = start_local_llm(port=_demo_port, threads=graph_settings().local_llm_threads)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

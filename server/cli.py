@@ -21,7 +21,7 @@ def _use_demo_model_if_unconfigured() -> object | None:
     settings = get_settings()
     if not settings.uses_demo_model:
         return None
-    from loom.server.local_llm import LocalModelUnavailable, start_local_llm
+    from loom.graphs.local_llm import LocalModelUnavailable, start_local_llm
 
     try:
         local = start_local_llm(port=settings.local_llm_port, threads=settings.local_llm_threads)

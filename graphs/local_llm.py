@@ -1,6 +1,7 @@
 """The embedded offline demo model: llama.cpp (xllamacpp) serving Gemma 3 270M on loopback.
 
-Used by `loom serve` when LOOM_LLM_BASE_URL is unset, so loom works with no API key and no network.
+Used when LOOM_LLM_BASE_URL is unset, so loom works with no API key and no network: `loom serve` starts it
+before serving, and a graph loaded elsewhere (LangGraph Studio) starts it on its first model call (graphs/llm.py).
 The model's quirks, as measured, are noted beside the code they shaped (here, and the demo branch of
 `graphs/llm.py`, `graphs/agent.py`, `graphs/memory.py`). Both packages come from the `loom[local]` extra and
 are imported lazily, so this module imports without them.
@@ -75,6 +76,8 @@ CHAT_TEMPLATE = r"""
 
 class LocalModelUnavailable(RuntimeError):
     """The demo model cannot run here: the extra is missing or the model file cannot be assembled."""
+
+    run_error_code = "LLM_UNREACHABLE"  # a run that needed it ends with this code and the message (graphs/errors.py)
 
 
 @dataclass
