@@ -26,6 +26,7 @@ from loom.server.registry import GraphEntry
 from loom.server.settings import get_settings
 from loom.server.shutdown import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, Drain
 from loom.server.threads import Lease
+from loom.server.tracing import run_span
 
 log = logging.getLogger("loom.run")
 
@@ -129,7 +130,8 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
     outcome = "error"
     run_started(entry.name)
     release = prepared.lease.release if prepared.lease is not None else _nothing
-    with prepared.drain.track() if prepared.drain is not None else nullcontext():
+    with prepared.drain.track() if prepared.drain is not None else nullcontext(), \
+            run_span(entry.name, run.thread_id, run.run_id) as span:
         try:
             yield encode(translator.start() + (prepared.state.opening() if prepared.state else []))
             if prepared.resumed_history is not None:
@@ -189,6 +191,8 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
                 yield encode(translator.error(message, code))
         finally:
             ended = time.perf_counter()
+            if span is not None:
+                span.set_attribute("loom.outcome", outcome)
             run_finished(entry.name, run.thread_id, run.run_id, prepared.user_id, outcome, ended - started,
                          None if first_token is None else first_token - started, prepared.stats,
                          get_settings().openpipe_user_id)
