@@ -14,9 +14,10 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import LoomServer, new_id, user
+from tests.metrics_scrape import Samples, value
+from tests.metrics_scrape import scrape as scrape_url
 
 ALICE = {"authorization": "Bearer ka"}
 PROXY = {"authorization": "Bearer kp"}
@@ -34,16 +35,8 @@ def served(llm, tmp_path_factory):
     server.stop()
 
 
-def scrape(server: LoomServer, headers: dict = METRICS_KEY) -> dict[tuple, float]:
-    response = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.text) for sample in family.samples}
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def scrape(server: LoomServer, headers: dict = METRICS_KEY) -> Samples:
+    return scrape_url(server.url, headers)
 
 
 def run_lines(server: LoomServer) -> list[dict]:
@@ -142,3 +135,54 @@ def test_metrics_need_the_metrics_key(served):
         refused = httpx.get(f"{served.url}/metrics", headers=other, timeout=10)
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
     assert value(scrape(served), "loom_http_rejections_total", status="401") >= 4
+
+
+@pytest.fixture(scope="module")
+def single(llm, tmp_path_factory):
+    """One process (prometheus-client's in-memory values), keys without a metrics key: a proxy key scrapes."""
+    server = LoomServer(tmp_path_factory.mktemp("observe-single"), LOOM_LLM_BASE_URL=llm.url,
+                        LOOM_API_KEYS="ka=user:alice,kp=proxy").start()
+    yield server
+    server.stop()
+
+
+def test_without_a_metrics_key_a_proxy_key_reads_metrics_and_a_user_key_does_not(single):
+    assert httpx.get(f"{single.url}/metrics", timeout=10).status_code == 401
+    refused = httpx.get(f"{single.url}/metrics", headers=ALICE, timeout=10)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "metrics_forbidden"
+    samples = scrape(single, PROXY)
+    assert value(samples, "loom_http_rejections_total", status="403") == 1
+    assert value(samples, "loom_http_rejections_total", status="401") == 1
+
+
+def test_confirmations_and_rejected_tool_calls_are_counted(single, llm):
+    before = scrape(single, PROXY)
+    thread = new_id()
+    calls = [{"id": f"call_{i}", "name": "delete_records", "arguments": {"table": t}}
+             for i, t in enumerate(("a", "b"))]
+    llm.script({"tool_calls": calls}, {"text": "Done."})
+    first = single.run("agent", [user("delete a and b")], thread, headers=ALICE)
+    interrupts = first[-1]["outcome"]["interrupts"]
+    assert len(interrupts) == 2
+    approve, reject = ({"status": "resolved", "payload": {"approved": verdict}} for verdict in (True, False))
+    single.run("agent", [], thread, headers=ALICE,
+               resume=[{"interruptId": interrupts[0]["id"], **approve}, {"interruptId": interrupts[1]["id"], **reject}])
+    after = scrape(single, PROXY)
+    for name, labels, expected in [
+            ("loom_tool_confirmations_total", {"decision": "asked"}, 2),
+            ("loom_tool_confirmations_total", {"decision": "approved"}, 1),
+            ("loom_tool_confirmations_total", {"decision": "rejected"}, 1),
+            ("loom_tool_calls_total", {"tool": "delete_records", "status": "success"}, 1),
+            ("loom_tool_calls_total", {"tool": "delete_records", "status": "rejected"}, 1),
+            ("loom_runs_total", {"graph": "agent", "outcome": "interrupt", "code": ""}, 1),
+            ("loom_runs_total", {"graph": "agent", "outcome": "success", "code": ""}, 1)]:
+        assert value(after, name, **labels) - value(before, name, **labels) == expected, (name, labels)
+
+
+def test_metrics_off_answer_404(llm, tmp_path):
+    server = LoomServer(tmp_path, LOOM_LLM_BASE_URL=llm.url, LOOM_METRICS_ENABLED="false").start()
+    try:
+        response = httpx.get(f"{server.url}/metrics", timeout=10)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "metrics_disabled"
+    finally:
+        server.stop()
