@@ -186,3 +186,16 @@ def test_metrics_off_answer_404(llm, tmp_path):
         assert response.status_code == 404 and response.json()["error"]["code"] == "metrics_disabled"
     finally:
         server.stop()
+
+
+def test_early_refusals_are_counted_by_status(single):
+    before = scrape(single, PROXY)
+    url = f"{single.url}/agents/agent"
+    assert httpx.post(url, content=b"{", headers={**ALICE, "x-pad": "x" * 20_000}).status_code == 431
+    assert httpx.post(url, content=b"x" * (4 * 1024 * 1024 + 1), headers=ALICE).status_code == 413
+    assert httpx.post(url, content=b"{", headers=ALICE).status_code == 422
+    assert httpx.post(f"{single.url}/agents/nope", json={}, headers=ALICE).status_code == 404
+    after = scrape(single, PROXY)
+    for status in ("431", "413", "422", "404"):
+        assert value(after, "loom_http_rejections_total", status=status) - \
+            value(before, "loom_http_rejections_total", status=status) == 1, status
