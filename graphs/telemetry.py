@@ -127,7 +127,7 @@ class _RetryLog(logging.Handler):
     """Counts the openai client's own retries, which it announces only in its log ("Retrying request to …")."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if enabled and record.msg.startswith("Retrying request"):
+        if enabled and isinstance(record.msg, str) and record.msg.startswith("Retrying request"):
             LLM_RETRIES.labels("client").inc()
 
 

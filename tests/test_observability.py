@@ -199,3 +199,13 @@ def test_early_refusals_are_counted_by_status(single):
     for status in ("431", "413", "422", "404"):
         assert value(after, "loom_http_rejections_total", status=status) - \
             value(before, "loom_http_rejections_total", status=status) == 1, status
+
+
+def test_the_openai_clients_retries_are_counted(single, llm):
+    before = scrape(single, PROXY)
+    llm.script({"status": 503}, {"text": "Second time lucky."})
+    events = single.run("agent", [user("hi")], headers=ALICE)
+    assert events[-1]["type"] == "RUN_FINISHED"
+    after = scrape(single, PROXY)
+    assert value(after, "loom_llm_retries_total", source="client") - \
+        value(before, "loom_llm_retries_total", source="client") == 1
