@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.errors import GraphInterrupt
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
@@ -17,6 +18,7 @@ from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
 from loom.graphs.demo_model import demo_tools
 from loom.graphs.llm import chat_model, is_demo_model
+from loom.graphs.telemetry import record_confirmations, record_tool
 from loom.graphs.toolloop import (
     after_tools,
     answered_history,
@@ -109,11 +111,18 @@ async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:
                   if c["name"] in backend and needs_confirmation(backend[c["name"]], ctx.confirm_tools)]
     decisions: dict[str, Any] = {}
     if to_confirm:
-        decisions = interrupt({"interrupts": [_confirmation_request(c) for c in to_confirm]})
+        try:
+            decisions = interrupt({"interrupts": [_confirmation_request(c) for c in to_confirm]})
+        except GraphInterrupt:  # asked now; the resumed run counts the answers
+            record_confirmations("asked", len(to_confirm))
+            raise
 
     async def run(call: dict) -> ToolMessage:
         decision = decisions.get(call["id"])
+        if decision is not None:
+            record_confirmations("approved" if _approved(decision) else "rejected")
         if decision is not None and not _approved(decision):
+            record_tool(call["name"], "rejected")
             payload = decision.get("payload")
             reason = payload.get("reason") if isinstance(payload, dict) else None
             return tool_result(call, "The user rejected this tool call." + (f" Reason: {reason}" if reason else ""),

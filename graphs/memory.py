@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, NotRequired
 
@@ -36,6 +37,7 @@ from loom.graphs.demo_model import memory_extraction_messages, memory_extraction
 from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
+from loom.graphs.telemetry import record_memory, record_recall
 from loom.graphs.toolloop import (
     after_tools,
     answered_history,
@@ -107,6 +109,7 @@ def _backend_and_user():
 async def save_memory(content: str, tags: list[str] | None = None) -> str:
     """Remember a fact about the user for later conversations. One fact per call, as a short sentence."""
     backend, user_id = _backend_and_user()
+    record_memory("save")
     memory = await backend.add(user_id, content, tags)
     return json.dumps({"saved": memory.to_dict()}, ensure_ascii=False)
 
@@ -115,6 +118,7 @@ async def save_memory(content: str, tags: list[str] | None = None) -> str:
 async def update_memory(memory_id: str, content: str | None = None, tags: list[str] | None = None) -> str:
     """Correct or replace a remembered fact, by its id (shown with each remembered fact or search result)."""
     backend, user_id = _backend_and_user()
+    record_memory("update")
     memory = await backend.update(user_id, memory_id, content, tags)
     return json.dumps({"updated": memory.to_dict()}, ensure_ascii=False)
 
@@ -123,6 +127,7 @@ async def update_memory(memory_id: str, content: str | None = None, tags: list[s
 async def search_memories(query: str, limit: int = 5) -> str:
     """Search everything remembered about the user (beyond what was recalled for this message)."""
     backend, user_id = _backend_and_user()
+    record_memory("search")
     found = await backend.search(user_id, query, limit)
     return json.dumps({"memories": [m.to_dict() for m in found]}, ensure_ascii=False)
 
@@ -131,6 +136,7 @@ async def search_memories(query: str, limit: int = 5) -> str:
 async def delete_memory(memory_id: str) -> str:
     """Forget a remembered fact, by its id. Use when the user asks to forget something or it is no longer true."""
     backend, user_id = _backend_and_user()
+    record_memory("delete")
     await backend.delete(user_id, memory_id)
     return json.dumps({"deleted": memory_id})
 
@@ -156,12 +162,14 @@ async def recall(state: State, runtime: Runtime[Context]) -> dict:
     memories = []
     if count and query.strip():
         backend = memory_backend(runtime.store)
+        started = time.perf_counter()
         try:
             memories = await backend.search(ctx.user_id, query[: backend.limits.max_length], count)
         except MemorySearchDisabled:  # search is off: the newest memories are still the user's own context
             memories = (await backend.list(ctx.user_id, limit=min(count, 100))).items
         except MemoryStoreError as exc:  # the turn goes on without memories rather than failing
             log.warning("memory recall failed for user %s: %s", ctx.user_id, exc)
+        record_recall(time.perf_counter() - started)
     recalled = [m.to_dict() for m in memories]
     runtime.stream_writer({"name": RECALLED_EVENT, "value": {"memories": recalled}})
     return {"recalled": recalled}
@@ -245,6 +253,7 @@ async def autosave(state: State, runtime: Runtime[Context]) -> dict:
             if fact.casefold() not in seen:
                 seen.add(fact.casefold())
                 saved.append((await backend.add(ctx.user_id, fact, ["auto"])).to_dict())
+                record_memory("autosave")
     except Exception as exc:  # LLM down, a limit reached: log it; the user already has the answer
         log.warning("memory auto-save for user %s stopped: %s: %s", ctx.user_id, type(exc).__name__, exc)
     if saved:

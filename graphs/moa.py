@@ -37,6 +37,7 @@ from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, client_context_prompt
 from loom.graphs.errors import classify
 from loom.graphs.llm import chat_model
+from loom.graphs.telemetry import record_moa
 from pydantic import Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 from typing_extensions import TypedDict  # not typing's: pydantic (Studio's schemas) needs this before 3.12
@@ -222,6 +223,7 @@ async def propose(task: dict[str, Any], runtime: Runtime[Context]) -> dict:
         code, reason = ("DEADLINE", f"No answer within the {ctx.proposer_deadline:g} s deadline.") \
             if deadline.expired() else classify(exc)
         record = {**who, "status": "failed", "code": code, "reason": reason}
+    record_moa(failure=record.get("code"), retries=attempts - 1)
     record |= {"latency_ms": round((time.perf_counter() - started) * 1000), "attempts": attempts}
     emit({"name": PROPOSER_EVENT, "value": record})
     return {"proposals": [record]}
@@ -254,6 +256,7 @@ async def end_layer(state: State, runtime: Runtime[Context]) -> dict:
     else:
         fallback |= {"mode": "direct", "reason": "No proposer answered; the aggregator answers by itself."}
     emit({"name": FALLBACK_EVENT, "value": fallback})
+    record_moa(fallback=fallback["mode"])
     return {"layer": 0}
 
 

@@ -16,6 +16,7 @@ from langchain_core.tools import BaseTool
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 from loom.graphs.context import BaseContext
+from loom.graphs.telemetry import record_tool
 
 
 def turn_iterations(messages: list[AnyMessage]) -> int:
@@ -84,15 +85,20 @@ async def run_tool(tool_: BaseTool | None, call: dict, timeout: float,
     """One call under a timeout. Errors are information for the model, not a failed run; `plain_errors` are
     reported by their message alone (they are written for users, e.g. a memory limit)."""
     if tool_ is None:
+        record_tool("unknown_tool", "error")  # the model's invented name is no label
         return tool_result(call, f"Error: there is no tool named {call['name']!r}.", "error")
     try:
         output = await asyncio.wait_for(tool_.ainvoke(call["args"]), timeout)
     except TimeoutError:
+        record_tool(tool_.name, "timeout")
         return tool_result(call, f"Error: {call['name']} did not finish within {timeout:g} s.", "error")
     except plain_errors as exc:
+        record_tool(tool_.name, "error")
         return tool_result(call, f"Error: {exc}", "error")
     except Exception as exc:
+        record_tool(tool_.name, "error")
         return tool_result(call, f"Error: {type(exc).__name__}: {exc}", "error")
+    record_tool(tool_.name, "success")
     return tool_result(call, output if isinstance(output, str) else json.dumps(output, default=str))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from ag_ui.core import RunAgentInput
+from loom.server.observe import refused
 from loom.server.registry import GraphEntry
 from loom.server.runs import PreparedRun, prepare_run
 from loom.server.threads import ThreadBusy, ThreadNotFound, is_outage, not_found
@@ -34,12 +35,15 @@ class Refused(Exception):
 async def admit(state, entry: GraphEntry, run: RunAgentInput, user_id: str) -> PreparedRun:
     """Raises Refused, or InputError from prepare_run (the lease is released either way)."""
     if state.drain.draining:
+        refused("server_shutting_down")
         raise Refused(503, "server_shutting_down", "This loom server is shutting down; retry the run.")
     try:
         lease = await state.threads.claim(run.thread_id, user_id)
     except ThreadNotFound:
+        refused("thread_not_found")
         raise Refused(404, **not_found(run.thread_id)) from None
     except ThreadBusy:
+        refused("thread_busy")
         raise Refused(409, "thread_busy", f"Thread {run.thread_id!r} already has a run in progress.") from None
     except Exception as exc:
         if is_outage(exc):
@@ -57,5 +61,6 @@ async def admit(state, entry: GraphEntry, run: RunAgentInput, user_id: str) -> P
 
 
 def _outage(thread_id: str, exc: BaseException) -> Refused:
+    refused("database_unavailable")
     log.warning("run on thread %s refused, the database failed: %s", thread_id, exc)
     return Refused(503, "database_unavailable", f"The database did not answer ({type(exc).__name__}); retry later.")

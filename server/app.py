@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -15,12 +16,16 @@ from fastapi.responses import JSONResponse
 from loom.adapters.agui.bounds import check_ids, check_tree
 from loom.adapters.agui.inbound import InputError, user_from_props
 from loom.adapters.openpipe.reporter import Reporter
+from loom.graphs import telemetry
 from loom.graphs.llm import close_http_clients
+from loom.server import tracing
 from loom.server.admission import Refused, admit
 from loom.server.auth import authenticate, resolve_user
 from loom.server.guard import RequestGuard
 from loom.server.history_api import router as history_router
 from loom.server.memory_api import router as memory_router
+from loom.server.observe import CountRejections
+from loom.server.observe import router as metrics_router
 from loom.server.openai_api import router as openai_router
 from loom.server.openpipe_api import router as openpipe_router
 from loom.server.persistence import open_persistence
@@ -88,15 +93,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if reporter is not None:
                     await reporter.stop()  # flush what is queued, bounded by LOOM_OPENPIPE_FLUSH_SECONDS
                 await close_http_clients()
+                await asyncio.to_thread(tracing.shutdown)  # flushes queued spans over the network
 
     app = FastAPI(title="loom", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.settings = settings
     app.add_middleware(RequestGuard, settings=settings)
+    telemetry.enabled = settings.metrics_enabled
+    tracing.configure()  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
+    if settings.metrics_enabled:
+        telemetry.count_client_retries()
+        app.add_middleware(CountRejections)  # outside the guard: its early 401/413/431 count too
     app.include_router(memory_router)
     app.include_router(openpipe_router)
     app.include_router(history_router)
     app.include_router(openai_router)
     app.include_router(ready_router)
+    app.include_router(metrics_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,10 +20,13 @@ from loom.adapters.openpipe.reporter import current as openpipe_reporter
 from loom.adapters.openpipe.reporter import opted_out, system_task
 from loom.graphs.errors import classify
 from loom.graphs.limits import RunBudget, RunLimitExceeded, current_budget
+from loom.graphs.telemetry import RunStats
+from loom.server.observe import run_finished, run_started
 from loom.server.registry import GraphEntry
 from loom.server.settings import get_settings
 from loom.server.shutdown import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, Drain
 from loom.server.threads import Lease
+from loom.server.tracing import run_span
 
 log = logging.getLogger("loom.run")
 
@@ -46,6 +49,7 @@ class PreparedRun:
     drain: Drain | None = None  # the process's shutdown drain, which may cut the run off
     run_timeout: float = 600.0  # seconds of wall clock for the whole run
     budget: RunBudget | None = None  # output tokens, and the model requests to cancel when the client leaves
+    stats: RunStats | None = None  # model and tool calls, tokens: the run's log line and LLM metrics
 
 
 def run_limits(context: Any) -> tuple[float, int]:
@@ -69,16 +73,18 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
         "configurable": {**configurable, "thread_id": run.thread_id, "user_id": user_id},
         "metadata": {"agui_run_id": run.run_id, "user_id": user_id, "graph": entry.name},
     }
+    stats = RunStats()  # a callback like OpenPipe's: it acts at model start and end only
+    config["callbacks"] = [stats]
     if (reporter := openpipe_reporter()) is not None and not opted_out(run.forwarded_props):
         # OpenPipe rides along as a callback: it stores references at model start/end, a background task sends.
         handler = reporter.handler(graph=entry.name, thread_id=run.thread_id, user_id=user_id, run_id=run.run_id,
                                    task=system_task(run.forwarded_props))
         if handler is not None:
-            config["callbacks"] = [handler]
+            config["callbacks"].append(handler)
     snapshot = await entry.graph.aget_state(config)
     pending = list(snapshot.interrupts)
     stored = snapshot.values.get("messages", []) if snapshot.values else []
-    prepared = PreparedRun(entry, run, user_id, config, context, None,
+    prepared = PreparedRun(entry, run, user_id, config, context, None, stats=stats,
                            known_ids=frozenset([*(m.id for m in stored if m.id), *(m.id for m in run.messages)]))
     state_update: dict = {}
     if entry.shared_keys is not None:
@@ -120,9 +126,12 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
     translator = RunTranslator(run.thread_id, run.run_id)
     translator.known(set(prepared.known_ids))
     started = time.perf_counter()
+    first_token: float | None = None
     outcome = "error"
+    run_started(entry.name)
     release = prepared.lease.release if prepared.lease is not None else _nothing
-    with prepared.drain.track() if prepared.drain is not None else nullcontext():
+    with prepared.drain.track() if prepared.drain is not None else nullcontext(), \
+            run_span(entry.name, run.thread_id, run.run_id) as span:
         try:
             yield encode(translator.start() + (prepared.state.opening() if prepared.state else []))
             if prepared.resumed_history is not None:
@@ -149,6 +158,8 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
                         if prepared.state is not None:
                             events += prepared.state.feed(part)
                         if events:
+                            if first_token is None and _answers(events):
+                                first_token = time.perf_counter()
                             yield encode(events)
                         elif translator.keepalive_due:
                             translator.keepalive_due = False
@@ -179,8 +190,20 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
             if not translator.finished:
                 yield encode(translator.error(message, code))
         finally:
-            log.info("run graph=%s thread=%s run=%s user=%s duration_ms=%.0f outcome=%s", entry.name, run.thread_id,
-                     run.run_id, prepared.user_id, (time.perf_counter() - started) * 1000, outcome)
+            ended = time.perf_counter()
+            if span is not None:
+                span.set_attribute("loom.outcome", outcome)
+            run_finished(entry.name, run.thread_id, run.run_id, prepared.user_id, outcome, ended - started,
+                         None if first_token is None else first_token - started, prepared.stats,
+                         get_settings().openpipe_user_id)
+
+
+_FIRST_TOKEN_EVENTS = frozenset({"TEXT_MESSAGE_CONTENT", "TOOL_CALL_START", "REASONING_MESSAGE_CONTENT"})
+
+
+def _answers(events: list[dict]) -> bool:
+    """Whether the events carry the model's first output (what time-to-first-token measures)."""
+    return any(event.get("type") in _FIRST_TOKEN_EVENTS for event in events)
 
 
 async def _nothing() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from loom.adapters.letta.config import LettaSettings, letta_settings
 from loom.graphs.config import GraphSettings, graph_settings
@@ -68,6 +68,11 @@ class Settings(GraphSettings, LettaSettings):
     openpipe_max_retries: int = Field(3, description="Retries (backoff with jitter) of one report.")
     openpipe_flush_seconds: float = Field(5.0, description="Seconds shutdown waits to send what is queued.")
     openpipe_preference_pairs: bool = Field(True, description="Datasets: regenerated answers as preference pairs.")
+
+    # Observability (server/observe.py): GET /metrics, the log format.
+    metrics_enabled: bool = Field(True, description="Record Prometheus metrics and serve GET /metrics.")
+    metrics_key: str | None = Field(None, description="Bearer key for GET /metrics; unset: a proxy API key.")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line.")
 
     host: str = "127.0.0.1"
     port: int = 8000

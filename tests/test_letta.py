@@ -14,6 +14,7 @@ from letta_client import Letta
 from tests.agui_js import run_agui_client
 from tests.conftest import LoomServer, event_types, new_id, text_of, user
 from tests.letta_server import LettaServer
+from tests.metrics_scrape import delta, scrape
 from tests.test_agui_clients import WEATHER, assert_clean
 
 KEY = "letta-test-key"
@@ -256,8 +257,11 @@ def test_an_early_stop_reason_is_reported(loom, letta_srv):
 def test_letta_failures_end_in_a_specific_run_error(loom, letta_srv, turn, code, words):
     repeat = turn.pop("repeat", 1)
     letta_srv.script(*[turn] * repeat)
+    before = scrape(loom.url)
     events = loom.run("letta", [user("hi")])
     assert words in assert_run_error(events, code)
+    if turn.get("status"):  # a refused send (not a stream that stopped early)
+        assert delta(before, scrape(loom.url), "loom_letta_requests_total", outcome=code) == 1
     if repeat > 1:  # refused sends are retried: 1 + LOOM_LETTA_MAX_RETRIES attempts, then the specific error
         assert len(sends(letta_srv)) == repeat
 
@@ -292,8 +296,12 @@ def test_bad_key_and_unreachable_server(letta_srv, agent_id, tmp_path):
 ])
 def test_retried_send_carries_the_same_otid_and_lands_once(loom, letta_srv, failure):
     letta_srv.script(failure, {"steps": [{"assistant": "Made it."}]})
+    before = scrape(loom.url)
     events = loom.run("letta", [user("once")])
     assert text_of(events) == "Made it."
+    after = scrape(loom.url)
+    assert delta(before, after, "loom_letta_requests_total", outcome="retry") == 1
+    assert delta(before, after, "loom_letta_requests_total", outcome="success") == 1
     attempts = sends(letta_srv)
     assert [a["status"] for a in attempts] == [failure["status"], 200]
     assert attempts[0]["body"]["messages"] == attempts[1]["body"]["messages"]

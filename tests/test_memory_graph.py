@@ -10,6 +10,7 @@ from tests.agui_js import run_agui_client
 from tests.conftest import assistant_messages, new_id, text_of, user
 from tests.memory_fixtures import ALICE_KEY, BOB_KEY, MAX_PER_USER, PROXY_KEY, add, api, fresh_user
 from tests.memory_fixtures import memory_loom as memory_loom_fixture
+from tests.metrics_scrape import delta, scrape
 from tests.test_agui_clients import assert_clean, tool_call
 
 memory_loom = memory_loom_fixture
@@ -84,7 +85,13 @@ def test_memory_tools_save_search_update_delete(memory_loom, llm):
                                tool_call("search_memories", {"query": "vegetarian"}),
                                tool_call("update_memory", {"memory_id": diet["id"], "content": "I am vegan."})]},
                {"text": "Noted."})
+    before = scrape(memory_loom.url, {"authorization": f"Bearer {PROXY_KEY}"})
     events = run_as(memory_loom, who, "My partner is Sam, and I'm vegan now.")
+    after = scrape(memory_loom.url, {"authorization": f"Bearer {PROXY_KEY}"})
+    for kind in ("recall", "save", "search", "update"):
+        assert delta(before, after, "loom_memory_operations_total", kind=kind) == 1, kind
+    assert delta(before, after, "loom_memory_recall_duration_seconds_count") == 1
+    assert delta(before, after, "loom_tool_calls_total", tool="save_memory", status="success") == 1
     saved, found, updated = (json.loads(c) for c in tool_results(events))
     assert saved["saved"]["content"] == "My partner is Sam." and saved["saved"]["tags"] == ["family"]
     assert [m["id"] for m in found["memories"]] == [diet["id"]]

@@ -14,6 +14,7 @@ from loom.server.persistence import open_persistence
 
 from tests.agui_js import run_agui_client
 from tests.conftest import assistant_messages, new_id, text_of, user
+from tests.metrics_scrape import delta, scrape
 from tests.test_agui_clients import assert_clean
 
 ANSWER = "Synthesized: all of them agree."
@@ -85,8 +86,10 @@ def test_failing_flaky_and_hanging_proposers_do_not_stop_the_answer(loom_sqlite,
     llm.set_model("broken", fail_status=500)  # transient every time: retried until the deadline
     llm.set_model("hang", hang=True)
     llm.set_model("agg", text=ANSWER)
+    before = scrape(loom_sqlite.url)
     events = loom_sqlite.run("moa", [user("q")], forwardedProps=moa(
         "good", "flaky", "refused", "broken", "hang", proposer_deadline=1.0))
+    after = scrape(loom_sqlite.url)
 
     assert text_of(events) == ANSWER and events[-1]["outcome"] == {"type": "success"}
     done = {v["model"]: v for v in proposer_events(events) if v["status"] != "started"}
@@ -104,13 +107,22 @@ def test_failing_flaky_and_hanging_proposers_do_not_stop_the_answer(loom_sqlite,
     assert system_prompt(aggregator) == numbered("good answer", "flaky answer")  # exactly the good answers
     assert custom(events, "loom.moa.layer") == [{"layer": 1, "proposers": 5, "succeeded": 2, "failed": 3}]
     assert custom(events, "loom.moa.fallback") == []
+    failures = "loom_moa_proposer_failures_total"
+    assert delta(before, after, failures, reason="LLM_BAD_RESPONSE") == 2
+    assert delta(before, after, failures, reason="DEADLINE") == 1
+    assert delta(before, after, "loom_llm_retries_total", source="moa") >= 1 + done["broken"]["attempts"] - 1
+    assert delta(before, after, "loom_llm_requests_total", model="flaky", outcome="LLM_BAD_RESPONSE") == 1
 
 
 def test_all_proposers_failing_falls_back_to_a_direct_answer(loom_sqlite, llm):
     llm.set_model("refused", fail_status=400)
     llm.set_model("denied", fail_status=403)
     llm.set_model("agg", text=ANSWER)
+    before = scrape(loom_sqlite.url)
     events = loom_sqlite.run("moa", [user("q")], forwardedProps=moa("refused", "denied"))
+    after = scrape(loom_sqlite.url)
+    assert delta(before, after, "loom_moa_fallbacks_total", mode="direct") == 1
+    assert delta(before, after, "loom_moa_proposer_failures_total", reason="LLM_AUTH") == 1
 
     [fallback] = custom(events, "loom.moa.fallback")
     assert (fallback["mode"], fallback["succeeded"], fallback["required"]) == ("direct", 0, 1)

@@ -26,6 +26,7 @@ from loom.adapters.openwebui import action as action_module
 from tests.conftest import LoomServer, event_types, new_id, user
 from tests.letta_server import LettaServer
 from tests.llm_server import free_port
+from tests.metrics_scrape import scrape, value
 from tests.openpipe_server import OpenPipeServer
 from tests.test_agui_clients import tool_call
 
@@ -351,6 +352,9 @@ def test_refused_connections_change_no_run(off, llm, tmp_path_factory):
         status = wait_for(lambda: (s := httpx.get(f"{server.url}/openpipe/status").json())["failed"] >= 6 and s,
                           "every report failed")
         assert status["queued"] == 6 and status["sent"] == 0 and status["retried"] >= 1
+        samples = scrape(server.url)
+        assert value(samples, "loom_openpipe_reports_total", result="failed") == 6
+        assert value(samples, "loom_openpipe_queue_depth") == 0
     finally:
         server.stop()
     assert "openpipe report failed" in server.log()
@@ -370,9 +374,13 @@ def test_a_hanging_openpipe_changes_no_run_and_overflow_is_counted(off, llm, tmp
         status = httpx.get(f"{server.url}/openpipe/status").json()
         assert status["queued"] == 8 and status["in_flight"] == 1 and status["pending"] == 3
         assert status["dropped"] == 4 and status["sent"] == 0
+        samples = scrape(server.url)
+        assert value(samples, "loom_openpipe_queue_depth") == 3
+        assert value(samples, "loom_openpipe_reports_total", result="dropped") == 4
         hanging.set_mode("ok")  # it recovers: the backlog goes out, the dropped stay dropped
         wait_for(lambda: httpx.get(f"{server.url}/openpipe/status").json()["sent"] == 4, "the backlog sent")
         assert len(hanging.reports) == 4
+        assert value(scrape(server.url), "loom_openpipe_reports_total", result="sent") == 4
     finally:
         server.stop()
         hanging.stop()

@@ -23,6 +23,7 @@ import letta_client
 from letta_client import AsyncLetta
 from loom.adapters.letta.config import letta_settings
 from loom.adapters.letta.errors import LettaError, LettaNotConfigured, from_letta, never_sent
+from loom.graphs.telemetry import record_letta
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 _OTID_NAMESPACE = uuid.UUID("5b0f3c52-3f0e-4d3e-9a6c-6c6f6f6d6c74")
@@ -111,16 +112,21 @@ async def send_turn(client: AsyncLetta, conversation_id: str, messages: list[dic
 
     async def attempt() -> letta_client.AsyncStream:
         try:
-            return await sender.conversations.messages.create(
+            stream = await sender.conversations.messages.create(
                 conversation_id, messages=messages, streaming=True, stream_tokens=True, include_pings=True,
                 **params)
+            record_letta("success")
+            return stream
         except letta_client.APIError as exc:
             if _refused(exc):
+                record_letta("retry")
                 raise _Retry(exc) from exc
             if _ambiguous(exc):
                 if not await _arrived(client, conversation_id, otids):
+                    record_letta("retry")
                     raise _Retry(exc) from exc
                 error = from_letta(exc, base_url=str(client.base_url), agent_id=agent_id, what="message")
+                record_letta(error.run_error_code)
                 raise type(error)(f"{error.message} The message reached Letta, so loom did not send it again.") \
                     from exc
             raise
@@ -130,10 +136,13 @@ async def send_turn(client: AsyncLetta, conversation_id: str, messages: list[dic
     try:
         return await retrying(attempt)
     except _Retry as exc:
-        raise from_letta(exc.original, base_url=str(client.base_url), agent_id=agent_id, what="message") \
-            from exc.original
+        error = from_letta(exc.original, base_url=str(client.base_url), agent_id=agent_id, what="message")
+        record_letta(error.run_error_code)
+        raise error from exc.original
     except letta_client.APIError as exc:
-        raise from_letta(exc, base_url=str(client.base_url), agent_id=agent_id, what="message") from exc
+        error = from_letta(exc, base_url=str(client.base_url), agent_id=agent_id, what="message")
+        record_letta(error.run_error_code)
+        raise error from exc
 
 
 def cancel_in_background(client: AsyncLetta, conversation_id: str) -> None:

@@ -21,6 +21,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from loom.adapters.openpipe.client import OpenPipeClient, OpenPipeError, OpenPipeRateLimited
+from loom.graphs.telemetry import record_openpipe
 
 log = logging.getLogger("loom.openpipe")
 
@@ -97,6 +98,9 @@ class Reporter:
             except Exception:  # noqa: BLE001 — shutdown goes on whatever the sender did
                 log.exception("openpipe sender failed")
         self.counters["dropped"] += len(self.queue)
+        for _ in self.queue:
+            record_openpipe("dropped")
+        record_openpipe(queued=0)
         if self.queue:
             log.warning("openpipe: %d reports not sent at shutdown", len(self.queue))
         self.queue.clear()
@@ -128,8 +132,10 @@ class Reporter:
     def put(self, record: dict) -> None:
         if len(self.queue) == self.queue.maxlen:
             self.counters["dropped"] += 1  # deque(maxlen) drops the oldest on append
+            record_openpipe("dropped")
         self.queue.append(record)
         self.counters["queued"] += 1
+        record_openpipe(queued=len(self.queue))
         self._wake.set()
 
     # ------------------------------------------------------------------------------------------ sender
@@ -143,6 +149,7 @@ class Reporter:
                 await self._wake.wait()
                 continue
             batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.settings.openpipe_batch_size))]
+            record_openpipe(queued=len(self.queue))
             self._in_flight = len(batch)
             try:
                 await asyncio.gather(*(self._send(record) for record in batch))
@@ -155,6 +162,7 @@ class Reporter:
         except Exception:  # noqa: BLE001 — one odd record must not stop the sender
             log.exception("openpipe: could not build a report")
             self.counters["failed"] += 1
+            record_openpipe("failed")
             return
         if body is None:
             self.counters["skipped"] += 1
@@ -164,10 +172,12 @@ class Reporter:
             try:
                 await self._client.report(body)
                 self.counters["sent"] += 1
+                record_openpipe("sent")
                 return
             except OpenPipeError as exc:
                 if not exc.retryable or attempt == attempts - 1 or self._stopping:
                     self.counters["failed"] += 1
+                    record_openpipe("failed")
                     log.warning("openpipe report failed: %s", exc)
                     return
                 delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
