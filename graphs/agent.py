@@ -21,10 +21,9 @@ from loom.graphs.llm import chat_model, is_demo_model
 from loom.graphs.telemetry import record_confirmations, record_tool
 from loom.graphs.toolloop import (
     after_tools,
-    answered_history,
     frontend_names,
+    model_turn,
     offered_tools,
-    refuse_over_budget,
     run_tool,
     tool_result,
     turn_iterations,
@@ -92,11 +91,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
                                  parallel_tool_calls=False) if fresh_turn else model
     else:
         bound = model.bind_tools(tools)
-    if options := ctx.call_options():
-        bound = bound.bind(**options)
-    response = await bound.ainvoke([system, *answered_history(messages)])
-    refused = refuse_over_budget(response, messages, ctx.max_iterations, frontend_names(ctx))
-    return {"messages": [response, *refused]}
+    return await model_turn(bound, system, messages, ctx)
 
 
 async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:

@@ -40,10 +40,9 @@ from loom.graphs.memory_store import MemorySearchDisabled, MemoryStoreError
 from loom.graphs.telemetry import record_memory, record_recall
 from loom.graphs.toolloop import (
     after_tools,
-    answered_history,
     frontend_names,
+    model_turn,
     offered_tools,
-    refuse_over_budget,
     run_tool,
     turn_iterations,
 )
@@ -201,11 +200,7 @@ async def call_model(state: State, runtime: Runtime[Context]) -> dict:
         bound = model
     else:
         bound = model.bind_tools(tools)
-    if options := ctx.call_options():
-        bound = bound.bind(**options)
-    response = await bound.ainvoke([system, *answered_history(messages)])
-    refused = refuse_over_budget(response, messages, ctx.max_iterations, frontend_names(ctx))
-    return {"messages": [response, *refused]}
+    return await model_turn(bound, system, messages, ctx)
 
 
 async def dispatch_tools(state: State, runtime: Runtime[Context]) -> dict:

@@ -11,7 +11,7 @@ import json
 import uuid
 from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.graph import END
 from langgraph.runtime import Runtime
@@ -40,6 +40,15 @@ def refuse_over_budget(response: AIMessage, messages: list[AnyMessage], max_iter
         return []
     return [tool_result(call, f"Error: not run: the tool budget of this turn ({max_iterations} model calls) is "
                         "used up.", "error") for call in response.tool_calls if call["name"] not in frontend]
+
+
+async def model_turn(bound: Any, system: SystemMessage, messages: list[AnyMessage], ctx: Any) -> dict:
+    """One model call of a tool loop: the run's sampling options, the answered history, the iteration bound."""
+    if options := ctx.call_options():
+        bound = bound.bind(**options)
+    response = await bound.ainvoke([system, *answered_history(messages)])
+    refused = refuse_over_budget(response, messages, ctx.max_iterations, frontend_names(ctx))
+    return {"messages": [response, *refused]}
 
 
 def answered_history(messages: list[AnyMessage]) -> list[AnyMessage]:
