@@ -93,13 +93,19 @@ class LoomServer:
         self.log_path = tmp / f"loom-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> LoomServer:
+    def start(self, move_if_taken: bool = True) -> LoomServer:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([str(BIN / "loom"), "serve", "--port", str(self.port)], cwd=REPO,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if move_if_taken and "address already in use" in self.log()[-500:]:
+                    # Another process took the port between free_port() and the bind (or since a restart):
+                    # the test needs a server, not that port.
+                    self.port = free_port()
+                    self.url = f"http://127.0.0.1:{self.port}"
+                    return self.start(move_if_taken=False)
                 raise RuntimeError(f"loom exited early:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
