@@ -11,6 +11,7 @@ import uuid
 import typer
 from loom.server.settings import get_settings, reload_settings
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(help="loom: LangGraph agents as AG-UI endpoints and OpenWebUI models.", no_args_is_help=True)
 console = Console()
@@ -200,6 +201,11 @@ def _render(event: dict) -> None:
         console.print(f"\n[green]→ {event['content']}[/green]")
     elif kind == "TEXT_MESSAGE_END":
         console.print()
+    elif kind == "CUSTOM" and event.get("name") in ("loom.memory.recalled", "loom.memory.saved"):
+        memories = (event.get("value") or {}).get("memories") or []
+        verb = "recalled" if event["name"].endswith("recalled") else "saved"
+        for memory in memories:
+            console.print(f"[dim]🧠 {verb}: {escape(str(memory.get('content', '')))}[/dim]", highlight=False)
     elif kind == "RUN_ERROR":
         console.print(f"\n[red]{event.get('code', 'ERROR')}: {event['message']}[/red]")
     elif kind == "RUN_FINISHED":

@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+import httpx
+
 from tests.conftest import BIN, REPO
 
 
@@ -60,3 +62,14 @@ def test_loom_chat_names_an_unreachable_server_and_a_refused_run(loom_sqlite):
     assert down.returncode == 2 and "cannot reach loom at http://127.0.0.1:9" in down.stdout
     unknown = _chat(["nope", "hi", "--url", loom_sqlite.url], env)
     assert unknown.returncode == 2 and "refused the run" in unknown.stdout and "agent" in unknown.stdout
+
+
+def test_loom_chat_shows_recalled_memories(llm, loom_sqlite):
+    """What the memory graph recalled is shown above the answer, as the OpenWebUI pipe shows it as sources."""
+    saved = httpx.post(f"{loom_sqlite.url}/memories", json={"content": "Ada [admin] lives in Lisbon."}, timeout=10)
+    assert saved.status_code == 201, saved.text
+    llm.script({"text": "In Lisbon."})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")} | {"COLUMNS": "200"}
+    done = _chat(["memory", "Where does Ada live? Lisbon?", "--url", loom_sqlite.url], env)
+    assert done.returncode == 0, done.stderr
+    assert "recalled: Ada [admin] lives in Lisbon." in done.stdout and "In Lisbon." in done.stdout
