@@ -42,10 +42,9 @@ def default_turn(inputs: list[dict]) -> dict:
         if kind == "message":
             steps.append({"assistant": "echo: " + content_text(m.get("content"))})
         elif kind == "approval":
-            for a in m.get("approvals") or []:
-                ok = a.get("approve")
-                steps.append({"tool_return": {"id": a["tool_call_id"], "status": "success" if ok else "error",
-                                              "return": "ran" if ok else f"denied: {a.get('reason') or ''}"}})
+            for a in m.get("approvals") or []:  # like Letta: a denied call gets no tool return in the stream
+                if a.get("approve"):
+                    steps.append({"tool_return": {"id": a["tool_call_id"], "status": "success", "return": "ran"}})
             steps.append({"assistant": "Done."})
         elif kind == "tool_return":
             got = ", ".join(content_text(r.get("tool_return")) for r in m.get("tool_returns") or [])
