@@ -12,7 +12,7 @@ no update, no fetch by id and no count, so:
 - search is Letta's own (embedding-based), but Letta returns its nearest neighbours up to `top_k` however
   unrelated, and no score. So loom scores each candidate itself (`relevance`: the share of the query's terms the
   passage contains, or, with an embedder configured, the cosine of their embeddings if higher) and drops those
-  below MIN_SIMILARITY: recall must not present an unrelated passage as a memory.
+  below LOOM_LETTA_MEMORY_MIN_SCORE: recall must not present an unrelated passage as a memory.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from loom.adapters.letta.client import letta
 from loom.adapters.letta.config import letta_settings
 from loom.adapters.letta.errors import from_letta
-from loom.graphs.memory_search import MIN_SIMILARITY, embedder, tokenize
+from loom.graphs.memory_search import embedder, tokenize
 from loom.graphs.memory_store import (
     Memory,
     MemoryBackendUnavailable,
@@ -117,13 +117,14 @@ class LettaMemoryBackend:
             found = await self._client().agents.passages.search(agent, query=query,
                                                                  top_k=min(limit * _CANDIDATES, 100))
             scores = await relevance(query, [r.content for r in found.results])
-            results = [r for r, score in zip(found.results, scores, strict=True) if score >= MIN_SIMILARITY]
+            floor = letta_settings().letta_memory_min_score
+            kept = [(r, score) for r, score in zip(found.results, scores, strict=True) if score >= floor]
+            results = [r for r, _ in kept]
             created: dict[str, Any] = {r.id: r.timestamp for r in results}
             if any(_iso(t) is None for t in created.values()):  # a timestamp in the agent's own format
                 created |= {p.id: p.created_at for p in await self._passages(agent) if p.id in created}
         out: list[Memory] = []
-        for result, score in sorted(zip(results, (s for s in scores if s >= MIN_SIMILARITY), strict=True),
-                                    key=lambda rs: -rs[1]):  # stable: Letta's order among equals
+        for result, score in sorted(kept, key=lambda rs: -rs[1]):  # stable: Letta's order among equals
             memory = _memory(result.id, result.content, result.tags, created[result.id])
             if memory.id not in {m.id for m in out}:
                 memory.score = round(score, 4)
