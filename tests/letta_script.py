@@ -72,14 +72,13 @@ def frames(item: dict, last_call: str | None) -> list[dict]:
         call_id, args = spec.get("id") or f"call_{uuid.uuid4().hex[:12]}", spec.get("arguments", {})
         args = args if isinstance(args, str) else json.dumps(args)
         mid = letta_id("message")
-        # As Letta streams a call: the first frame names it (approvals: `arguments` null; tool calls: no
-        # `arguments` key), the fragments repeat the call id with `name` null; `tool_calls` is the same single object.
-        first = {"name": spec["name"], "tool_call_id": call_id}
-        if kind == "approval_request_message":
-            first["arguments"] = None
+        # As Letta streams a call: the first frame names it, the fragments repeat the call id; a tool call leaves
+        # out the keys a frame lacks, an approval sends them as null; `tool_calls` is the same single object.
+        approval = kind == "approval_request_message"
         step = max(1, -(-len(args) // 3))
-        calls = [first] + [{"name": None, "arguments": args[i:i + step], "tool_call_id": call_id}
-                           for i in range(0, len(args), step)]
+        calls = [{"name": spec["name"], **({"arguments": None} if approval else {}), "tool_call_id": call_id}]
+        calls += [{**({"name": None} if approval else {}), "arguments": args[i:i + step], "tool_call_id": call_id}
+                  for i in range(0, len(args), step)]
         return [{"id": mid, "message_type": kind, "tool_call": call, "tool_calls": call} for call in calls]
     if "tool_calls" in item:
         calls = [{"name": c["name"], "tool_call_id": c.get("id") or f"call_{uuid.uuid4().hex[:12]}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -13,6 +14,16 @@ import pytest
 from tests.agui_js import run_agui_client
 from tests.conftest import LoomServer, new_id, text_of, user
 from tests.letta_real import KEY
+from tests.letta_wire import (
+    assert_call_frames,
+    assert_cancelled_stream,
+    assert_conflict_in_stream,
+    assert_rest_facts,
+    assert_turn_end,
+    new_conversation,
+    raw_turn,
+    user_messages_after_resend,
+)
 from tests.test_agui_clients import WEATHER, assert_clean
 from tests.test_letta import assert_nothing_overlaps, assert_run_error, of_type
 
@@ -177,3 +188,35 @@ def test_unknown_agent_and_bad_key(loom, real_letta, agent_id, tmp_path):
         assert "LOOM_LETTA_API_KEY" in assert_run_error(server.run("letta", [user("hi")]), "LETTA_AUTH")
     finally:
         server.stop()
+
+
+def test_wire_facts_of_the_real_server(real_letta, agent_id):
+    """Where Letta differs from what its docs suggest: the shared checks the stand-in passes too."""
+    url = real_letta.url
+    conversation = new_conversation(url, KEY, agent_id)
+    real_letta.llm.script({"tool_calls": [{"id": "call_f", "name": "conversation_search",
+                                           "arguments": {"query": "x"}}]}, {"text": "ok"})
+    status, frames = raw_turn(url, KEY, conversation, [{"role": "user", "content": "find x"}])
+    assert status == 200
+    assert_call_frames(frames, "tool_call_message", "call_f", "conversation_search", {"query": "x"})
+    assert_turn_end(frames)
+    arguments = {"label": "human", "new_string": "x"}
+    real_letta.llm.script({"tool_calls": [{"id": "call_g", "name": "memory_insert", "arguments": arguments}]})
+    status, frames = raw_turn(url, KEY, conversation, [{"role": "user", "content": "remember x"}])
+    assert_call_frames(frames, "approval_request_message", "call_g", "memory_insert", arguments)
+    assert_turn_end(frames, "requires_approval")
+    assert_conflict_in_stream(*raw_turn(url, KEY, conversation, [{"role": "user", "content": "again"}]))
+    assert_rest_facts(url, KEY, agent_id)
+    assert user_messages_after_resend(url, KEY, agent_id) == ["same otid", "same otid"]
+
+
+def test_a_cancelled_stream_ends_without_usage_or_done(real_letta, agent_id):
+    url, conversation = real_letta.url, new_conversation(real_letta.url, KEY, agent_id)
+    real_letta.llm.script({"text": " ".join(f"w{i}" for i in range(60)), "token_delay_ms": 100})
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(raw_turn, url, KEY, conversation, [{"role": "user", "content": "long"}])
+        real_letta.llm.wait_request(lambda r: r["first_byte_at"] is not None, timeout=20)
+        cancel = httpx.post(f"{url}/v1/conversations/{conversation}/cancel", timeout=30,
+                            headers={"authorization": f"Bearer {KEY}"})
+        assert cancel.status_code == 200, cancel.text
+        assert_cancelled_stream(*reading.result(timeout=60))
