@@ -209,6 +209,21 @@ def test_approval_request_is_an_interrupt_and_resume_sends_the_decision(loom, le
     assert result["messages"][-1]["content"] == "Done."
 
 
+def test_an_approval_closed_by_an_empty_arguments_frame_keeps_its_arguments(loom, letta_srv):
+    """Without token streaming Letta sends an approval request whole, then a frame with `name` null and
+    arguments "{}": the call's arguments are the first frame's."""
+    whole = {"name": "wipe", "arguments": '{"table": "t"}', "tool_call_id": "call_whole"}
+    closing = {"name": None, "arguments": "{}", "tool_call_id": "call_whole"}
+    letta_srv.script({"steps": [{"raw": {"id": "message-a", "message_type": "approval_request_message",
+                                         "tool_call": call, "tool_calls": call}} for call in (whole, closing)]})
+    result = run_agui_client(f"{loom.url}/agents/letta", [{"op": "user", "content": "wipe t"}])
+    [run] = result["runs"]
+    [pending] = run["pendingInterrupts"]
+    assert pending["message"] == 'Allow wipe({"table": "t"})?'
+    args = "".join(e["delta"] for e in of_type(run["wireEvents"], "TOOL_CALL_ARGS"))
+    assert json.loads(args) == {"table": "t"}
+
+
 def test_frontend_tools_are_letta_client_tools(loom, letta_srv):
     letta_srv.script({"steps": [{"approval": {"name": "show_weather", "arguments": {"city": "Oslo"}, "id": "call_w"}}]})
     result = run_agui_client(f"{loom.url}/agents/letta", [
