@@ -1,7 +1,9 @@
 """A stand-in Letta server over real HTTP, built from Letta's documented REST surface.
 
-No real Letta REST server can run here (it needs PostgreSQL with pgvector and ships no migrations), so the tests
-drive the real `letta-client` against this. Run it::
+The real Letta server runs in tests/test_letta_real.py (tests/letta_rig.py); this stand-in, which follows the
+real server's wire (tests/letta_wire.py checks both), serves the fast tests and what the real server cannot be made
+to do on demand: 409/429/5xx before the stream, cut or truncated streams, a hung stream, scripted stop reasons.
+The tests drive the real `letta-client` against it. Run it::
 
     python -m tests.letta_server --port 8283 [--api-key K]
 
