@@ -109,6 +109,9 @@ def from_letta(exc: BaseException, *, base_url: str, agent_id: str | None = None
         message = str(body.get("message") or text)
         if message.startswith("CONFLICT"):  # Letta refuses a turn inside a 200 stream, not with a 409
             return _conflict(message)
+        extra = str(body.get("detail") or "")  # Letta's message is generic ("An error occurred with the LLM
+        if extra and extra not in message:  # request."); the detail names the cause
+            message = f"{message} {extra[:300]}"
         return LettaStreamError(f"The Letta agent's run failed ({kind}): {message}")
     if status in (401, 403):
         return LettaAuthError(f"The Letta server refused the API key ({status}): {text}. Check LOOM_LETTA_API_KEY.")
