@@ -81,6 +81,9 @@ def _content(content: Any) -> str | list[dict]:
     return parts
 
 
+_LOCAL = "letta_local"  # a ToolMessage loom made itself (a denial): Letta has it already, never send it back
+
+
 def new_input(messages: list[AnyMessage], conversation_id: str) -> list[dict]:
     """The thread's messages Letta has not seen: the trailing user messages and client tool results."""
     tail: list[AnyMessage] = []
@@ -89,7 +92,7 @@ def new_input(messages: list[AnyMessage], conversation_id: str) -> list[dict]:
             break
         tail.insert(0, message)
     out: list[dict] = []
-    results = [m for m in tail if isinstance(m, ToolMessage)]
+    results = [m for m in tail if isinstance(m, ToolMessage) and not m.additional_kwargs.get(_LOCAL)]
     if results:
         out.append({"type": "tool_return", "otid": otid(conversation_id, results[0].id), "tool_returns": [
             {"type": "tool", "tool_call_id": m.tool_call_id, "status": "error" if m.status == "error" else "success",
@@ -191,15 +194,19 @@ async def await_approval(state: State, runtime: Runtime[Context]) -> dict:
         "responseSchema": {"type": "object",
                            "properties": {"approved": {"type": "boolean"}, "reason": {"type": "string"}}},
     } for c in calls]})
-    approvals = []
+    approvals, declined = [], []
     for call in calls:
         ok, reason = _approved(decisions.get(call["id"]) or {})
         approvals.append({"type": "approval", "tool_call_id": call["id"], "approve": ok,
                           **({"reason": reason} if reason else {})})
+        if not ok:  # Letta streams no tool return for a denied call: the client learns the outcome from loom
+            declined.append(ToolMessage(f"The user declined this call{': ' + reason if reason else '.'}",
+                                        tool_call_id=call["id"], name=call["name"], status="error",
+                                        id=f"letta-declined-{call['id']}", additional_kwargs={_LOCAL: True}))
     conversation_id = (state.get("letta_conversation") or {}).get("id", "")
     message = {"type": "approval", "approvals": approvals,
                "otid": otid(conversation_id, "approval:" + ",".join(c["id"] for c in calls))}
-    return {"letta_outbox": [message], "letta_pending": []}
+    return {"letta_outbox": [message], "letta_pending": [], "messages": declined}
 
 
 # ------------------------------------------------------------------------------------------------- edges

@@ -208,3 +208,4 @@ def loom_sqlite(llm, tmp_path_factory):
     server = LoomServer(tmp_path_factory.mktemp("loom"), LOOM_LLM_BASE_URL=llm.url).start()
     yield server
     server.stop()
+from tests.letta_real import real_letta  # noqa: E402,F401 — the real Letta rig, one per session

@@ -3,7 +3,8 @@
 The shapes follow letta-client 1.12.1's LettaStreamingResponse union:
 token deltas of one message share its `id`; tool-call arguments arrive in fragments after a first frame that
 names the call; tool returns carry both the legacy single fields and `tool_returns`. Also the archival memory
-list (cursor pages) and search (here: word overlap, standing in for Letta's embedding search).
+list (cursor pages) and search (here: ranked by word overlap, standing in for Letta's embedding search; as
+there, unrelated passages fill the results up to top_k).
 
 Items: {"reasoning": text} | {"hidden": "redacted"} | {"assistant": text, "parts": bool} (token deltas sharing one
 id) | {"tool_call": {name, arguments, id?}} (streamed argument deltas) | {"tool_calls": [...]} (parallel, one frame)
@@ -42,10 +43,9 @@ def default_turn(inputs: list[dict]) -> dict:
         if kind == "message":
             steps.append({"assistant": "echo: " + content_text(m.get("content"))})
         elif kind == "approval":
-            for a in m.get("approvals") or []:
-                ok = a.get("approve")
-                steps.append({"tool_return": {"id": a["tool_call_id"], "status": "success" if ok else "error",
-                                              "return": "ran" if ok else f"denied: {a.get('reason') or ''}"}})
+            for a in m.get("approvals") or []:  # like Letta: a denied call gets no tool return in the stream
+                if a.get("approve"):
+                    steps.append({"tool_return": {"id": a["tool_call_id"], "status": "success", "return": "ran"}})
             steps.append({"assistant": "Done."})
         elif kind == "tool_return":
             got = ", ".join(content_text(r.get("tool_return")) for r in m.get("tool_returns") or [])
@@ -72,14 +72,14 @@ def frames(item: dict, last_call: str | None) -> list[dict]:
         call_id, args = spec.get("id") or f"call_{uuid.uuid4().hex[:12]}", spec.get("arguments", {})
         args = args if isinstance(args, str) else json.dumps(args)
         mid = letta_id("message")
-        if kind == "approval_request_message":
-            return [{"id": mid, "message_type": kind,
-                     "tool_call": {"name": spec["name"], "arguments": args, "tool_call_id": call_id}}]
+        # As Letta streams a call: the first frame names it, the fragments repeat the call id; a tool call leaves
+        # out the keys a frame lacks, an approval sends them as null; `tool_calls` is the same single object.
+        approval = kind == "approval_request_message"
         step = max(1, -(-len(args) // 3))
-        frames = [{"id": mid, "message_type": kind,
-                   "tool_call": {"name": spec["name"], "arguments": "", "tool_call_id": call_id}}]
-        return frames + [{"id": mid, "message_type": kind, "tool_call": {"arguments": args[i:i + step]}}
-                         for i in range(0, len(args), step)]
+        calls = [{"name": spec["name"], **({"arguments": None} if approval else {}), "tool_call_id": call_id}]
+        calls += [{**({"name": None} if approval else {}), "arguments": args[i:i + step], "tool_call_id": call_id}
+                  for i in range(0, len(args), step)]
+        return [{"id": mid, "message_type": kind, "tool_call": call, "tool_calls": call} for call in calls]
     if "tool_calls" in item:
         calls = [{"name": c["name"], "tool_call_id": c.get("id") or f"call_{uuid.uuid4().hex[:12]}",
                   "arguments": c["arguments"] if isinstance(c["arguments"], str) else json.dumps(c["arguments"])}
@@ -112,6 +112,7 @@ def archival_page(passages: list[dict], query: dict) -> list[dict]:
 def archival_search(passages: list[dict], query: dict) -> dict:
     words = set(re.findall(r"\w+", str(query.get("query", "")).lower()))
     scored = [(len(words & set(re.findall(r"\w+", p["text"].lower()))), p) for p in passages]
-    hits = [p for s, p in sorted(scored, key=lambda sp: -sp[0]) if s][: int(query.get("top_k") or 10)]
+    # Like Letta's vector search: the nearest passages up to top_k, related or not, and no score.
+    hits = [p for _, p in sorted(scored, key=lambda sp: -sp[0])][: int(query.get("top_k") or 10)]
     results = [{"id": p["id"], "content": p["text"], "timestamp": p["created_at"], "tags": p["tags"]} for p in hits]
     return {"count": len(results), "results": results}

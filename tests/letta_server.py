@@ -1,7 +1,9 @@
 """A stand-in Letta server over real HTTP, built from Letta's documented REST surface.
 
-No real Letta REST server can run here (it needs PostgreSQL with pgvector and ships no migrations), so the tests
-drive the real `letta-client` against this. Run it::
+The real Letta server runs in tests/test_letta_real.py (tests/letta_rig.py); this stand-in, which follows the
+real server's wire (tests/letta_wire.py checks both), serves the fast tests and what the real server cannot be made
+to do on demand: 409/429/5xx before the stream, cut or truncated streams, a hung stream, scripted stop reasons.
+The tests drive the real `letta-client` against it. Run it::
 
     python -m tests.letta_server --port 8283 [--api-key K]
 
@@ -52,6 +54,8 @@ from tests.llm_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+CONFLICT = ("CONFLICT: Cannot send a new message: The agent is waiting for approval on a tool call. Please approve "
+            "or deny the pending request before continuing.")
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
 
@@ -87,8 +91,9 @@ class App:
         rec = {"id": len(self.log) + 1, "method": method, "path": path, "query": query,
                "body": json.loads(body) if body else None, "status": None, "outcome": None}
         self.log.append(rec)
-        if self.auth and dict(scope["headers"]).get(b"authorization") != self.auth:
-            return await _json(send, rec, 401, {"detail": "Invalid API key"})
+        if self.auth and path.rstrip("/") != "/v1/health" and \
+                dict(scope["headers"]).get(b"authorization") != self.auth:  # as Letta: health needs no key
+            return await _json(send, rec, 401, {"detail": "Unauthorized"})
         try:
             await self._route(method, path.rstrip("/"), query, rec, receive, send)
         except KeyError as exc:
@@ -152,8 +157,10 @@ class App:
             case "POST", ["conversations"]:
                 agent = self.agents.get(query.get("agent_id", ""))
                 if agent is None:
-                    return await _json(send, rec, 404, {"detail": f"Agent {query.get('agent_id')} not found"})
-                conv = {"id": letta_id("conv"), "agent_id": agent["id"], "messages": [], "busy": False,
+                    return await _json(send, rec, 404, {"detail": "Agent not found"})
+                system = {"id": letta_id("message"), "message_type": "system_message", "content": agent["system"],
+                          "date": now_iso()}  # Letta lists the system prompt as a conversation's first message
+                conv = {"id": letta_id("conv"), "agent_id": agent["id"], "messages": [system], "busy": False,
                         "pending": [], "cancelled": 0}
                 self.conversations[conv["id"]] = conv
                 return await _json(send, rec, 200, _public(conv))
@@ -161,9 +168,12 @@ class App:
                 return await _json(send, rec, 200, _public(self.conversations[conv_id]))
             case "DELETE", ["conversations", conv_id]:
                 self.conversations.pop(conv_id)
-                return await _json(send, rec, 200, {})
+                return await _json(send, rec, 200, None)
             case "POST", ["conversations", conv_id, "cancel"]:
-                self.conversations[conv_id]["cancelled"] += 1
+                conv = self.conversations[conv_id]
+                if not conv["busy"]:
+                    return await _json(send, rec, 409, {"detail": "No active runs found for this conversation."})
+                conv["cancelled"] += 1
                 return await _json(send, rec, 200, {})
             case "GET", ["conversations", conv_id, "messages"]:
                 messages = list(self.conversations[conv_id]["messages"])
@@ -196,18 +206,19 @@ class App:
                                                           "processed", "run_id": conv["busy"]})
         inputs = req.get("messages") or [{"role": "user", "content": req.get("input") or ""}]
         kinds = {m.get("type") or "message" for m in inputs}
-        if conv["pending"] and "message" in kinds:
-            return await _json(send, rec, 409, {"detail": "PendingApprovalError: the agent is waiting for a tool "
-                                                          "approval; approve or deny it first"})
-        turn = self.queue.popleft() if self.queue else default_turn(inputs)
+        if conv["pending"] and "message" in kinds:  # Letta refuses inside a 200 stream, not with a 409
+            turn = {"steps": [{"ping": True}], "stop": "error", "error": {"message": CONFLICT}}
+        else:
+            turn = self.queue.popleft() if self.queue else default_turn(inputs)
         if turn.get("status"):
             if turn.get("accept"):
                 self._store_inputs(conv, inputs)
             headers = [(b"retry-after", str(turn["retry_after"]).encode())] if "retry_after" in turn else []
             return await _json(send, rec, turn["status"], {"detail": turn.get("detail") or "scripted error"},
                                headers)
-        self._store_inputs(conv, inputs)
-        conv["pending"] = []
+        if not turn.get("error", {}).get("message", "").startswith("CONFLICT"):
+            self._store_inputs(conv, inputs)
+            conv["pending"] = []
         if not req.get("streaming"):
             return await _json(send, rec, 400, {"detail": "the stand-in only streams"})
         run_id = letta_id("run")
@@ -237,14 +248,12 @@ class App:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         rec["status"] = 200
         delay = (turn.get("delay_ms") or 0) / 1000
-        seq = 0
 
         async def emit(frame: dict | bytes) -> None:
-            nonlocal seq
-            if isinstance(frame, dict):
-                seq += 1
-                frame = b"data: " + _dumps({"run_id": run_id, "seq_id": seq, "date": now_iso(), **frame}).encode()
-                frame += b"\n\n"
+            if isinstance(frame, dict):  # Letta: messages carry run_id and date (seq_id null); stop and usage don't
+                if frame["message_type"] not in ("stop_reason", "usage_statistics"):
+                    frame = {"run_id": run_id, "seq_id": None, "date": now_iso(), **frame}
+                frame = b"data: " + _dumps(frame).encode() + b"\n\n"
             await send({"type": "http.response.body", "body": frame, "more_body": True})
             if delay:
                 await asyncio.sleep(delay)
@@ -255,7 +264,8 @@ class App:
                 await asyncio.sleep(item["sleep_ms"] / 1000)
                 continue
             for frame in frames(item, last_call):
-                if frame.get("message_type") == "approval_request_message":
+                if frame.get("message_type") == "approval_request_message" and \
+                        frame["tool_call"]["tool_call_id"] not in conv["pending"]:
                     conv["pending"].append(frame["tool_call"]["tool_call_id"])
                 if frame.get("message_type") == "tool_call_message" and frame["tool_call"].get("tool_call_id"):
                     last_call = frame["tool_call"]["tool_call_id"]
@@ -275,9 +285,13 @@ class App:
                 error = {"message_type": "error_message", "run_id": run_id, "error_type": "internal_error",
                          "message": "An unknown error occurred with the LLM streaming request.", **turn["error"]}
                 await emit(b"event: error\ndata: " + _dumps(error).encode() + b"\n\n")
+            elif stop == "cancelled":  # a cancelled run ends without usage and without [DONE]
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                rec["outcome"] = rec["outcome"] or "ok"
+                return
             else:
                 usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19, "step_count": 1,
-                         **(turn.get("usage") or {})}
+                         "run_ids": None, "context_tokens": 19, **(turn.get("usage") or {})}
                 await emit({"message_type": "usage_statistics", **usage})
             await emit(b"data: [DONE]\n\n")
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -14,6 +14,16 @@ from letta_client import Letta
 from tests.agui_js import run_agui_client
 from tests.conftest import LoomServer, event_types, new_id, text_of, user
 from tests.letta_server import LettaServer
+from tests.letta_wire import (
+    assert_call_frames,
+    assert_cancelled_stream,
+    assert_conflict_in_stream,
+    assert_rest_facts,
+    assert_turn_end,
+    new_conversation,
+    raw_turn,
+    user_messages_after_resend,
+)
 from tests.metrics_scrape import delta, scrape
 from tests.test_agui_clients import WEATHER, assert_clean
 
@@ -200,6 +210,21 @@ def test_approval_request_is_an_interrupt_and_resume_sends_the_decision(loom, le
     assert result["messages"][-1]["content"] == "Done."
 
 
+def test_an_approval_closed_by_an_empty_arguments_frame_keeps_its_arguments(loom, letta_srv):
+    """Without token streaming Letta sends an approval request whole, then a frame with `name` null and
+    arguments "{}": the call's arguments are the first frame's."""
+    whole = {"name": "wipe", "arguments": '{"table": "t"}', "tool_call_id": "call_whole"}
+    closing = {"name": None, "arguments": "{}", "tool_call_id": "call_whole"}
+    letta_srv.script({"steps": [{"raw": {"id": "message-a", "message_type": "approval_request_message",
+                                         "tool_call": call, "tool_calls": call}} for call in (whole, closing)]})
+    result = run_agui_client(f"{loom.url}/agents/letta", [{"op": "user", "content": "wipe t"}])
+    [run] = result["runs"]
+    [pending] = run["pendingInterrupts"]
+    assert pending["message"] == 'Allow wipe({"table": "t"})?'
+    args = "".join(e["delta"] for e in of_type(run["wireEvents"], "TOOL_CALL_ARGS"))
+    assert json.loads(args) == {"table": "t"}
+
+
 def test_frontend_tools_are_letta_client_tools(loom, letta_srv):
     letta_srv.script({"steps": [{"approval": {"name": "show_weather", "arguments": {"city": "Oslo"}, "id": "call_w"}}]})
     result = run_agui_client(f"{loom.url}/agents/letta", [
@@ -333,3 +358,28 @@ def test_client_leaving_cancels_the_letta_stream(loom, letta_srv):
                     break  # leave mid-answer
     letta_srv.wait(lambda records: any(r["outcome"] == "disconnected" for r in records))
     letta_srv.wait(lambda records: any(r["path"].endswith("/cancel") for r in records))
+
+
+# ------------------------------------------------------------------------------------- the stand-in's wire
+
+
+def test_the_stand_in_speaks_like_the_real_server(letta_srv, agent_id):
+    """The checks tests/test_letta_real.py runs against the real Letta server."""
+    url, conversation = letta_srv.url, new_conversation(letta_srv.url, KEY, agent_id)
+    letta_srv.script({"steps": [{"tool_call": {"name": "conversation_search", "arguments": {"query": "x"},
+                                               "id": "call_f"}}, {"tool_return": {"return": "[]"}},
+                                {"assistant": "ok"}]})
+    status, frames = raw_turn(url, KEY, conversation, [{"role": "user", "content": "find x"}])
+    assert_call_frames(frames, "tool_call_message", "call_f", "conversation_search", {"query": "x"})
+    assert_turn_end(frames)
+    arguments = {"label": "human", "new_string": "x"}
+    letta_srv.script({"steps": [{"approval": {"name": "memory_insert", "arguments": arguments, "id": "call_g"}}]})
+    status, frames = raw_turn(url, KEY, conversation, [{"role": "user", "content": "remember x"}])
+    assert_call_frames(frames, "approval_request_message", "call_g", "memory_insert", arguments)
+    assert_turn_end(frames, "requires_approval")
+    assert_conflict_in_stream(*raw_turn(url, KEY, conversation, [{"role": "user", "content": "again"}]))
+    letta_srv.script({"steps": [{"ping": True}, {"assistant": "Thinking"}], "stop": "cancelled"})
+    assert_cancelled_stream(*raw_turn(url, KEY, new_conversation(url, KEY, agent_id),
+                                      [{"role": "user", "content": "long"}]))
+    assert_rest_facts(url, KEY, agent_id)
+    assert user_messages_after_resend(url, KEY, agent_id) == ["same otid", "same otid"]

@@ -7,8 +7,9 @@ retries itself (exponential backoff with full jitter, `retry-after` honoured):
 - failures where Letta certainly did not take the message (no connection, 429, 409 busy) are retried;
 - ambiguous ones (5xx, a connection dropped or a read timeout before the stream) are retried only after the
   conversation's recent messages show that no message with our `otid` arrived;
-- every attempt carries the same `otid`s — Letta's idempotency id for messages — derived from the AG-UI message
-  ids, so even a resend the check missed is recognisable as the same message.
+- every attempt carries the same `otid`s, derived from the AG-UI message ids. Letta stores a message sent twice
+  with the same otid twice (it does not deduplicate by otid), so the check above is what prevents a double send;
+  the otid is what the check looks for.
 """
 
 from __future__ import annotations

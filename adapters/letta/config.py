@@ -17,6 +17,9 @@ class LettaSettings(BaseSettings):
     letta_timeout: float = Field(120.0, description="Seconds of silence before a Letta request fails (pings: 30 s).")
     letta_max_retries: int = Field(3, description="Retries (backoff with jitter) before a Letta response starts.")
     letta_memory_model: str = Field("openai/gpt-4o-mini", description="Model of the per-user memory agents.")
+    letta_memory_min_score: float = Field(
+        0.3, ge=0, le=1, description="Letta's archival search returns its nearest passages however unrelated: "
+                                     "loom keeps those whose relevance (0..1) to the query reaches this.")
     letta_memory_embedding: str = Field("openai/text-embedding-3-small", description="Their embedding model.")
 
 

@@ -106,7 +106,12 @@ def from_letta(exc: BaseException, *, base_url: str, agent_id: str | None = None
     if status == 200:  # an `event: error` inside the stream
         body = exc.body if isinstance(exc.body, dict) else {}
         kind = body.get("error_type") or "error"
-        message = body.get("message") or text
+        message = str(body.get("message") or text)
+        if message.startswith("CONFLICT"):  # Letta refuses a turn inside a 200 stream, not with a 409
+            return _conflict(message)
+        extra = str(body.get("detail") or "")  # Letta's message is generic ("An error occurred with the LLM
+        if extra and extra not in message:  # request."); the detail names the cause
+            message = f"{message} {extra[:300]}"
         return LettaStreamError(f"The Letta agent's run failed ({kind}): {message}")
     if status in (401, 403):
         return LettaAuthError(f"The Letta server refused the API key ({status}): {text}. Check LOOM_LETTA_API_KEY.")
@@ -115,11 +120,16 @@ def from_letta(exc: BaseException, *, base_url: str, agent_id: str | None = None
             return LettaAgentNotFound(f"The Letta server has no agent {agent_id!r} ({text}).")
         return LettaNotFound(f"The Letta server does not know this {what} (404): {text}")
     if status == 409:
-        if "approval" in text.lower():
-            return LettaPendingApproval(f"The Letta agent is waiting for a tool approval or a tool result: {text}")
-        return LettaBusy(f"The Letta conversation is busy with another request (409): {text}. Try again shortly.")
+        return _conflict(text)
     if status == 429:
         return LettaRateLimited(f"The Letta server is rate limiting requests (429): {text}. Try again shortly.")
     if status >= 500:
         return LettaServerError(f"The Letta server answered HTTP {status}: {text}")
     return LettaBadRequest(f"The Letta server rejected the {what} ({status}): {text}")
+
+
+def _conflict(text: str) -> LettaError:
+    """A refused turn: the agent waits on a tool approval or a client tool's result, or another turn runs."""
+    if "approval" in text.lower():
+        return LettaPendingApproval(f"The Letta agent is waiting for a tool approval or a tool result: {text}")
+    return LettaBusy(f"The Letta conversation is busy with another request (409): {text}. Try again shortly.")

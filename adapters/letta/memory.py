@@ -9,7 +9,10 @@ no update, no fetch by id and no count, so:
   appear with their passage id. A `loom:updated:<iso>` tag records the last change.
 - get, list (newest first, with the total) and the count limit read the user's whole archive, in pages; its
   size is bounded by LOOM_MEMORY_MAX_PER_USER.
-- search is Letta's own (embedding-based); Letta returns no score, so the score is 1 / (1 + rank).
+- search is Letta's own (embedding-based), but Letta returns its nearest neighbours up to `top_k` however
+  unrelated, and no score. So loom scores each candidate itself (`relevance`: the share of the query's terms the
+  passage contains, or, with an embedder configured, the cosine of their embeddings if higher) and drops those
+  below LOOM_LETTA_MEMORY_MIN_SCORE: recall must not present an unrelated passage as a memory.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import letta_client
+import numpy as np
 from loom.adapters.letta.client import letta
 from loom.adapters.letta.config import letta_settings
 from loom.adapters.letta.errors import from_letta
+from loom.graphs.memory_search import embedder, tokenize
 from loom.graphs.memory_store import (
     Memory,
     MemoryBackendUnavailable,
@@ -38,6 +43,7 @@ from loom.graphs.memory_store import (
 MEMORY_TAG, USER_TAG = "loom-memory", "loom-user:"
 _ID, _UPDATED, _RESERVED = "loom:id:", "loom:updated:", "loom:"
 _PAGE = 100
+_CANDIDATES = 3  # Letta returns this many times the asked-for results: some fail the relevance threshold
 _agents: dict[tuple[str, str], str] = {}  # (base url, user id) -> the user's memory agent
 _locks: dict[str, asyncio.Lock] = {}  # per user: the count check and the write of an add happen together
 
@@ -108,15 +114,20 @@ class LettaMemoryBackend:
             agent = await self._agent(user_id)
             if agent is None:
                 return []
-            found = await self._client().agents.passages.search(agent, query=query, top_k=limit)
-            created: dict[str, Any] = {r.id: r.timestamp for r in found.results}
+            found = await self._client().agents.passages.search(agent, query=query,
+                                                                 top_k=min(limit * _CANDIDATES, 100))
+            scores = await relevance(query, [r.content for r in found.results])
+            floor = letta_settings().letta_memory_min_score
+            kept = [(r, score) for r, score in zip(found.results, scores, strict=True) if score >= floor]
+            results = [r for r, _ in kept]
+            created: dict[str, Any] = {r.id: r.timestamp for r in results}
             if any(_iso(t) is None for t in created.values()):  # a timestamp in the agent's own format
                 created |= {p.id: p.created_at for p in await self._passages(agent) if p.id in created}
         out: list[Memory] = []
-        for result in found.results:
+        for result, score in sorted(kept, key=lambda rs: -rs[1]):  # stable: Letta's order among equals
             memory = _memory(result.id, result.content, result.tags, created[result.id])
             if memory.id not in {m.id for m in out}:
-                memory.score = 1.0 / (1 + len(out))
+                memory.score = round(score, 4)
                 out.append(memory)
         return out[:limit]
 
@@ -206,3 +217,16 @@ class LettaMemoryBackend:
         await self._client().agents.passages.create(
             agent, text=memory.content, created_at=memory.created_at,
             tags=[*memory.tags, _ID + memory.id, _UPDATED + memory.updated_at])
+
+
+async def relevance(query: str, texts: list[str]) -> list[float]:
+    """How related each text is to the query, 0..1: the share of the query's terms it contains, or the cosine of
+    their embeddings when an embedder is configured and that is higher."""
+    terms = set(tokenize(query))
+    scores = [len(terms & set(tokenize(text))) / len(terms) if terms else 0.0 for text in texts]
+    model = embedder()
+    if model is None or not texts:
+        return scores
+    vectors = await model.embed([query, *texts])
+    cosines = np.asarray(vectors[1:]) @ np.asarray(vectors[0])
+    return [max(lexical, float(cosine)) for lexical, cosine in zip(scores, cosines, strict=True)]

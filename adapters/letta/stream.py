@@ -196,6 +196,8 @@ class LettaTurn:
                 self.calls[call_id] = {"name": name or "", "arguments": ""}
                 if approval:
                     self.approval_ids.append(call_id)
+            if not first and args == "{}" and self.calls[call_id]["arguments"]:
+                continue  # Letta closes an approval request with a frame repeating empty arguments
             self.calls[call_id]["arguments"] += args
             out.append({"type": "tool_call_chunk", "index": indexes[call_id], "args": args,
                         "id": call_id if first else None, "name": (name or "") if first else None})
