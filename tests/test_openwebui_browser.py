@@ -1,0 +1,140 @@
+"""loom inside a real OpenWebUI, driven in headless Chromium as a person uses it (tests/openwebui_browser.py).
+
+One OpenWebUI (tests/openwebui_rig.py) and one browser serve the whole module. Each test opens a new chat with a
+loom model, types a message, presses send and asserts on what the page shows: the tool-call block with its
+input and output, MoA's per-proposer status lines, recalled memories as a source, an error and its toast.
+Every test saves a screenshot under the pytest tmp dir (`browser-shots/`).
+
+Needs Debian's `chromium` (`apt-get install -y chromium`); without it these tests skip, unless
+LOOM_TEST_REQUIRE_BROWSER=1 says the run needs them (CI), where a missing browser fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from tests.conftest import LoomServer
+from tests.openwebui_browser import Browser, ChatPage, chromium_missing
+from tests.openwebui_rig import OpenWebUI, install_loom_pipe
+
+PROXY_KEY = "browser-proxy-key"
+pytestmark = pytest.mark.timeout(900)  # the first test pays for OpenWebUI's start (15-73 s on 2 cores)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium():
+    if why := chromium_missing():
+        if os.environ.get("LOOM_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{why}, and LOOM_TEST_REQUIRE_BROWSER=1 says the tests need one", pytrace=False)
+        pytest.skip(f"{why}; LOOM_TEST_REQUIRE_BROWSER=1 makes this a failure")
+
+
+@pytest.fixture(scope="module")
+def loom(llm, tmp_path_factory):
+    server = LoomServer(tmp_path_factory.mktemp("browser-loom"), LOOM_LLM_BASE_URL=llm.url,
+                        LOOM_API_KEYS=f"{PROXY_KEY}=proxy", LOOM_MEMORY_EMBEDDINGS_URL=llm.url,
+                        LOOM_MEMORY_EMBEDDINGS_MODEL="hashed-bow").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def openwebui(loom, tmp_path_factory):
+    server = OpenWebUI(tmp_path_factory.mktemp("browser-openwebui"))
+    try:
+        server.start()
+        install_loom_pipe(server, loom.url, PROXY_KEY)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+async def chat_page(openwebui, tmp_path_factory):
+    browser = await Browser(tmp_path_factory.mktemp("chromium-profile")).start()
+    try:
+        page = ChatPage(browser.page, openwebui.url, openwebui.token)
+        await page.login()
+        yield page
+    finally:
+        await browser.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    return tmp_path_factory.mktemp("browser-shots")
+
+
+def call(call_id: str, name: str, args: dict) -> dict:
+    return {"id": call_id, "name": name, "arguments": args}
+
+
+async def test_a_backend_tool_call_shows_as_a_block_with_its_input_and_output(chat_page, llm, shots):
+    llm.script({"tool_calls": [call("call_calc", "calculator", {"expression": "23*19"})]},
+               {"text": "23 × 19 is 437."})
+    await chat_page.new_chat("loom.agent")
+    await chat_page.send("What is 23*19?")
+    answer = await chat_page.wait_answer_done()
+    assert "View Result from calculator" in answer
+    assert "23 × 19 is 437." in answer and "1 tool call · " in answer
+    assert "437\n" not in answer.split("23 × 19")[0]  # the block is closed: its output is not shown yet
+    await chat_page.click("View Result from calculator", "div, button, span")
+    await chat_page.page.wait_for("document.body.innerText.includes('OUTPUT')", 10, what="the open block")
+    opened = await chat_page.answer_text()
+    block = opened.split("View Result from calculator", 1)[1].split("23 × 19 is 437.")[0]
+    assert [line.strip() for line in block.split("\n") if line.strip()] == [
+        "INPUT", "expression", "23*19", "OUTPUT", "437"]
+    await chat_page.screenshot(shots / "tool-call.png")
+
+
+async def test_moa_shows_each_proposer_in_the_status_history(chat_page, llm, shots):
+    # Each proposer takes its time, so the rate-limited status line shows every one of them in turn.
+    llm.script({"text": "Paris.", "ttft_ms": 400}, {"text": "It is Paris.", "ttft_ms": 900},
+               {"text": "Paris, France.", "ttft_ms": 1400}, {"text": "The capital of France is Paris."})
+    await chat_page.new_chat("loom.moa")
+    await chat_page.send("Capital of France?")
+    answer = await chat_page.wait_answer_done()
+    assert "MoA: 3 of 3 proposers answered · " in answer and "The capital of France is Paris." in answer
+    await chat_page.click("Toggle status history")
+    await chat_page.page.wait_for("document.body.innerText.includes('Connecting to loom')", 10,
+                                  what="the open status history")
+    history = await chat_page.answer_text()
+    answered = sorted(line for line in history.splitlines() if " answered in " in line)
+    assert [line.split(" answered in ")[0] for line in answered] == [
+        f"MoA layer 1: proposer {n} (scripted)" for n in (1, 2, 3)], history
+    await chat_page.screenshot(shots / "moa-status.png")
+
+
+async def test_recalled_memories_show_as_sources(chat_page, openwebui, loom, llm, shots):
+    added = httpx.post(f"{loom.url}/memories", json={"content": "My dog is called Rex."}, timeout=30,
+                       headers={"authorization": f"Bearer {PROXY_KEY}", "x-loom-user": openwebui.user["id"]})
+    assert added.status_code == 201, added.text
+    llm.script({"text": "Your dog is Rex."}, {"text": '{"memories": []}'})
+    await chat_page.new_chat("loom.memory")
+    await chat_page.send("What is my dog called?")
+    answer = await chat_page.wait_answer_done()
+    assert "Your dog is Rex." in answer and "1 Source" in answer
+    await chat_page.click("1 Source", "button, div, span")
+    await chat_page.page.wait_for("document.body.innerText.includes('1\\nMy dog is called Rex.')", 10,
+                                  what="the recalled memory listed under the answer")
+    await chat_page.screenshot(shots / "memory-sources.png")
+    [answering, *_] = [r for r in llm.requests() if r["path"].endswith("/chat/completions")]
+    assert "My dog is called Rex." in str(answering["body"]["messages"])  # what the page shows, the model saw
+
+
+async def test_a_failing_model_shows_an_error_and_a_toast(chat_page, llm, shots):
+    failure = {"status": 500, "error_message": "the model fell over"}
+    llm.script(failure, failure, failure)  # loom's retries too
+    await chat_page.new_chat("loom.agent")
+    await chat_page.send("Hello?")
+    toast = await chat_page.page.wait_for(
+        "[...document.querySelectorAll('[data-sonner-toast]')].map(t => t.innerText).join('\\n')", 30,
+        what="a toast")
+    answer = await chat_page.wait_answer_done()
+    assert "The model server answered HTTP 500: the model fell over" in answer, answer
+    assert "Failed: The run failed" in answer
+    assert "The run failed" in toast and "HTTP 500" in toast, toast
+    await chat_page.screenshot(shots / "error.png")
