@@ -138,3 +138,36 @@ async def test_a_failing_model_shows_an_error_and_a_toast(chat_page, llm, shots)
     assert "Failed: The run failed" in answer
     assert "The run failed" in toast and "HTTP 500" in toast, toast
     await chat_page.screenshot(shots / "error.png")
+
+
+@pytest.fixture
+def confirm_calculator(openwebui, loom):
+    """The pipe's confirm_tools valve names the calculator, for one test."""
+    valves = {"loom_url": loom.url, "api_key": PROXY_KEY}
+    openwebui.call("POST", "/api/v1/functions/id/loom/valves/update", {**valves, "confirm_tools": "calculator"})
+    yield
+    openwebui.call("POST", "/api/v1/functions/id/loom/valves/update", valves)
+
+
+@pytest.mark.parametrize("button", ["Confirm", "Cancel"])
+async def test_a_tool_in_confirm_tools_opens_the_confirmation_dialog(chat_page, llm, shots, confirm_calculator,
+                                                                     button):
+    llm.script({"tool_calls": [call("call_calc", "calculator", {"expression": "6*7"})]},
+               {"text": "It is 42." if button == "Confirm" else "I did not calculate it."})
+    await chat_page.new_chat("loom.agent")
+    await chat_page.send("What is 6*7?")
+    await chat_page.wait_text("Allow calculator?", 30)
+    await chat_page.wait_text('Allow calculator({"expression": "6*7"})?', 5)
+    if button == "Confirm":
+        await chat_page.screenshot(shots / "confirmation-dialog.png")
+    await chat_page.click(button)
+    answer = await chat_page.wait_answer_done()
+    told = [r for r in llm.requests() if r["path"].endswith("/chat/completions")][1]["body"]["messages"][-1]
+    if button == "Confirm":
+        assert told == {"role": "tool", "tool_call_id": "call_calc", "content": "42"}
+        assert "View Result from calculator" in answer and "It is 42." in answer
+    else:
+        assert told["role"] == "tool" and told["content"] == "The user rejected this tool call."
+        assert "I did not calculate it." in answer
+    assert "Allow calculator?" not in await chat_page.text()  # the dialog closed
+    await chat_page.screenshot(shots / f"confirmation-{button.lower()}.png")

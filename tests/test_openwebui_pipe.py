@@ -156,6 +156,23 @@ async def test_confirmation_interrupt_becomes_openwebuis_dialog(loom, llm, appro
         assert text.endswith("The user rejected this tool call.\n</details>\n\nNot deleted.")
 
 
+async def test_the_confirm_tools_valve_makes_a_tool_ask_first(loom, llm):
+    llm.script({"tool_calls": [call("call_c", "calculator", {"expression": "6*7"})]}, {"text": "It is 42."},
+               {"text": "Paris."}, {"text": "Paris."}, {"text": "Paris."}, {"text": "Paris."})
+    asked = []
+
+    async def event_call(request: dict):
+        asked.append(request["data"]["title"])
+        return True
+
+    pipe = make_pipe(loom, confirm_tools="delete_records, calculator")
+    text, _ = await chat(pipe, [u("6*7?")], event_call=event_call)
+    assert asked == ["Allow calculator?"] and text.endswith("\nIt is 42.")
+    assert llm.requests()[1]["body"]["messages"][-1]["content"] == "42"
+    text, _ = await chat(pipe, [u("Capital of France?")], model="loom.moa")  # its context has no such field
+    assert text == "Paris."
+
+
 @pytest.mark.parametrize("event_call", [None, "disconnected"])
 async def test_without_a_dialog_the_pipe_says_what_waits_and_declines(loom, llm, event_call):
     async def api_mode(request: dict):  # what OpenWebUI's __event_call__ answers for API callers

@@ -64,6 +64,8 @@ class Pipe:
                                                     "the tools the agent called and starts a follow-up run).")
         confirmation_timeout: float = Field(300.0, description="Seconds to wait for an approval before the call "
                                                                "is declined.")
+        confirm_tools: str = Field("", description="Comma-separated names of loom tools that ask for the user's "
+                                                   "approval (OpenWebUI's confirmation dialog) before they run.")
         run_tasks: bool = Field(False, description="Run background tasks (titles, tags, ...) through loom's "
                                                    "agent graph, reported to OpenPipe as system tasks, instead of "
                                                    "answering them at once.")
@@ -145,13 +147,16 @@ class Pipe:
         return agents
 
     async def _user_context(self, valves, graph: str, user: dict | None) -> dict:
-        """The user's valves as runtime-context overrides, for the fields this graph's context has."""
+        """The user's valves (and the admin's confirm_tools) as runtime-context overrides, for the fields this
+        graph's context has."""
         user_valves = (user or {}).get("valves")
         chosen = {}
         for name in USER_CONTEXT:
             value = user_valves.get(name) if isinstance(user_valves, dict) else getattr(user_valves, name, None)
             if value is not None and value != "":
-                chosen[name] = value
+                chosen[USER_CONTEXT[name]] = value
+        if confirm := [name.strip() for name in valves.confirm_tools.split(",") if name.strip()]:
+            chosen["confirm_tools"] = confirm
         if not chosen:
             return {}
         try:
@@ -160,7 +165,7 @@ class Pipe:
             return {}  # the run itself will report that loom cannot be reached
         schema = next((a.get("contextSchema") for a in agents if a.get("name") == graph), None) or {}
         fields = schema.get("properties") or {}
-        return {USER_CONTEXT[name]: value for name, value in chosen.items() if USER_CONTEXT[name] in fields}
+        return {field: value for field, value in chosen.items() if field in fields}
 
 
 def _user_valve(user: dict | None, name: str):
