@@ -11,13 +11,14 @@ LOOM_TEST_REQUIRE_BROWSER=1 says the run needs them (CI), where a missing browse
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import httpx
 import pytest
 
 from tests.conftest import LoomServer
-from tests.openwebui_browser import Browser, ChatPage, chromium_missing
+from tests.openwebui_browser import LAST_ANSWER, Browser, ChatPage, chromium_missing
 from tests.openwebui_rig import OpenWebUI, install_loom_pipe
 
 PROXY_KEY = "browser-proxy-key"
@@ -121,7 +122,7 @@ async def test_recalled_memories_show_as_sources(chat_page, openwebui, loom, llm
     await chat_page.page.wait_for("document.body.innerText.includes('1\\nMy dog is called Rex.')", 10,
                                   what="the recalled memory listed under the answer")
     await chat_page.screenshot(shots / "memory-sources.png")
-    [answering, *_] = [r for r in llm.requests() if r["path"].endswith("/chat/completions")]
+    answering = llm.requests()[0]
     assert "My dog is called Rex." in str(answering["body"]["messages"])  # what the page shows, the model saw
 
 
@@ -162,7 +163,7 @@ async def test_a_tool_in_confirm_tools_opens_the_confirmation_dialog(chat_page, 
         await chat_page.screenshot(shots / "confirmation-dialog.png")
     await chat_page.click(button)
     answer = await chat_page.wait_answer_done()
-    told = [r for r in llm.requests() if r["path"].endswith("/chat/completions")][1]["body"]["messages"][-1]
+    told = llm.requests()[1]["body"]["messages"][-1]
     if button == "Confirm":
         assert told == {"role": "tool", "tool_call_id": "call_calc", "content": "42"}
         assert "View Result from calculator" in answer and "It is 42." in answer
@@ -171,3 +172,28 @@ async def test_a_tool_in_confirm_tools_opens_the_confirmation_dialog(chat_page, 
         assert "I did not calculate it." in answer
     assert "Allow calculator?" not in await chat_page.text()  # the dialog closed
     await chat_page.screenshot(shots / f"confirmation-{button.lower()}.png")
+
+
+async def test_stop_mid_answer_cancels_the_loom_run_and_the_chat_goes_on(chat_page, loom, llm, shots):
+    words = " ".join(f"word{n}" for n in range(200))
+    llm.script({"text": words, "token_delay_ms": 100}, {"text": "Still here."})
+    await chat_page.new_chat("loom.agent")
+    await chat_page.send("Tell me a long story.")
+    await chat_page.wait_text("word3", 30)
+    await chat_page.click("Stop")
+    await chat_page.screenshot(shots / "stopped.png")
+    stopped = await asyncio.to_thread(llm.wait_request, lambda r: r["ended_at"] is not None, 20)
+    assert stopped["outcome"] == "disconnected", stopped  # the model request was cancelled, not finished
+    for _ in range(100):
+        if "graph=agent" in loom.log() and "outcome=cancelled" in loom.log():
+            break
+        await asyncio.sleep(0.1)
+    [run_line] = [line for line in loom.log().splitlines() if "outcome=" in line and "graph=agent" in line][-1:]
+    assert "outcome=cancelled" in run_line, run_line
+    shown = await chat_page.answer_text()
+    assert "word3" in shown and "word199" not in shown
+    await chat_page.send("Are you there?")  # the chat stays usable
+    await chat_page.page.wait_for(f"({LAST_ANSWER} || {{innerText: ''}}).innerText.includes('Still here.')", 30,
+                                  what="the next answer")
+    assert [m["content"] for m in llm.requests()[-1]["body"]["messages"] if m["role"] == "user"][-1] == \
+        "Are you there?"
