@@ -197,3 +197,41 @@ async def test_stop_mid_answer_cancels_the_loom_run_and_the_chat_goes_on(chat_pa
                                   what="the next answer")
     assert [m["content"] for m in llm.requests()[-1]["body"]["messages"] if m["role"] == "user"][-1] == \
         "Are you there?"
+
+
+def model_saw(request: dict) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in request["body"]["messages"] if m["role"] in ("user", "assistant")]
+
+
+async def test_regenerate_and_edit_show_the_new_answer_and_fork_the_thread(chat_page, llm, shots):
+    llm.script({"text": "Bonjour."}, {"text": "Au revoir."}, {"text": "Adieu."}, {"text": "Hola."})
+    await chat_page.new_chat("loom.agent")
+    await chat_page.send("Say hello in French.")
+    assert "Bonjour." in await chat_page.wait_answer_done()
+    await chat_page.send("Now goodbye.")
+    await chat_page.page.wait_for(f"({LAST_ANSWER} || {{innerText: ''}}).innerText.includes('Au revoir.')", 30,
+                                  what="the second answer")
+    await chat_page.wait_answer_done()
+
+    await chat_page.click("Regenerate")
+    await chat_page.click("Try Again", "button, div, [role=menuitem]")
+    await chat_page.page.wait_for(f"({LAST_ANSWER} || {{innerText: ''}}).innerText.includes('Adieu.')", 30,
+                                  what="the regenerated answer")
+    regenerated = await chat_page.wait_answer_done()
+    assert "Au revoir." not in regenerated and "2/2" in regenerated  # the new answer, the old one a page back
+    assert model_saw(llm.requests()[2]) == [("user", "Say hello in French."), ("assistant", "Bonjour."),
+                                            ("user", "Now goodbye.")]  # not the answer it replaces
+    await chat_page.screenshot(shots / "regenerated.png")
+
+    await chat_page.click("Edit", within="document.querySelector('.user-message')")
+    editor = "document.querySelector('.user-message textarea[id^=\"message-edit-\"]')"
+    await chat_page.page.wait_for(f"!!{editor}", 10, what="the message editor")
+    await chat_page.page.js(f"{editor}.focus(); {editor}.select()")
+    await chat_page.page.send("Input.insertText", text="Say hello in Spanish.")
+    await chat_page.page.js("document.querySelector('#confirm-edit-message-button').click()")
+    await chat_page.page.wait_for(f"({LAST_ANSWER} || {{innerText: ''}}).innerText.includes('Hola.')", 30,
+                                  what="the answer to the edited message")
+    page_text = await chat_page.text()
+    assert "Say hello in Spanish." in page_text and "Now goodbye." not in page_text  # the edited branch
+    assert model_saw(llm.requests()[3]) == [("user", "Say hello in Spanish.")]  # the thread forked at turn 1
+    await chat_page.screenshot(shots / "edited.png")
