@@ -235,3 +235,37 @@ async def test_regenerate_and_edit_show_the_new_answer_and_fork_the_thread(chat_
     assert "Say hello in Spanish." in page_text and "Now goodbye." not in page_text  # the edited branch
     assert model_saw(llm.requests()[3]) == [("user", "Say hello in Spanish.")]  # the thread forked at turn 1
     await chat_page.screenshot(shots / "edited.png")
+
+
+@pytest.fixture
+def follow_ups(openwebui):
+    """OpenWebUI asks for follow-ups after answers, for one test (the rig switches them off). Titles stay off:
+    OpenWebUI asks for one while the answer is still running, so which request the scripted model answers
+    first would be a race (the pipe's title call is tested in tests/test_openwebui_pipe.py)."""
+    config = openwebui.call("GET", "/api/v1/tasks/config")
+    openwebui.call("POST", "/api/v1/tasks/config/update", {**config, "ENABLE_FOLLOW_UP_GENERATION": True})
+    yield
+    openwebui.call("POST", "/api/v1/tasks/config/update", config)
+
+
+async def test_follow_up_chips_come_from_one_model_call(chat_page, llm, shots, follow_ups):
+    llm.script({"text": "Tides follow the moon."},
+               {"text": '{"follow_ups": ["Why does the moon pull the sea?", "When are spring tides?"]}'})
+    await chat_page.new_chat("loom.agent")
+    await chat_page.send("How do tides work?")
+    assert "Tides follow the moon." in await chat_page.wait_answer_done()
+    chip = "button[aria-label=\"Follow up: When are spring tides?\"]"
+    await chat_page.page.wait_for(f"!!document.querySelector('{chip}')", 30, what="the follow-up chips")
+    assert "Why does the moon pull the sea?" in await chat_page.answer_text()
+    await chat_page.screenshot(shots / "follow-ups.png")
+    answer, follow_up = llm.requests()
+    assert answer["body"].get("stream") is True
+    assert follow_up["body"].get("stream") is not True and not follow_up["body"].get("tools")  # one plain call
+    [(role, prompt)] = [(m["role"], m["content"]) for m in follow_up["body"]["messages"]]
+    assert role == "user" and "ASSISTANT: Tides follow the moon.\n</chat_history>" in prompt  # OpenWebUI's prompt
+    llm.script({"text": "Around new and full moon."})
+    await chat_page.page.js(f"document.querySelector('{chip}').click()")  # a chip asks it as the next message
+    await chat_page.page.wait_for(f"({LAST_ANSWER} || {{innerText: ''}}).innerText.includes('Around new and full "
+                                  "moon.')", 30, what="the answer to the follow-up")
+    assert [m["content"] for m in llm.requests()[2]["body"]["messages"] if m["role"] == "user"][-1] == \
+        "When are spring tides?"
