@@ -35,6 +35,7 @@ from loom.server.runs import stream_run
 from loom.server.settings import Settings, get_settings
 from loom.server.shutdown import Drain
 from loom.server.sse import EventStreamResponse
+from loom.server.task_api import router as task_router
 from loom.server.threads import open_threads
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry.count_client_retries()
         app.add_middleware(CountRejections)  # outside the guard: its early 401/413/431 count too
     app.include_router(memory_router)
+    app.include_router(task_router)
     app.include_router(openpipe_router)
     app.include_router(history_router)
     app.include_router(openai_router)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import itertools
 import json
 import subprocess
 import tempfile
@@ -27,43 +26,12 @@ import websockets
 
 from tests.conftest import REPO, LoomServer
 from tests.llm_server import LLMServer
+from tests.openwebui_browser import CHROMIUM, Page
+from tests.openwebui_browser import CHROMIUM_FLAGS as BROWSER_FLAGS
 from tests.openwebui_rig import OpenWebUI, install_loom_pipe
 from tests.test_openwebui_e2e import PROXY_KEY, WEATHER_TOOL, call
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1100,600", "--remote-debugging-port=0"]
-
-
-class Page:
-    """The smallest DevTools-protocol client: one page target, one command at a time."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.ids = itertools.count(1)
-
-    async def send(self, method: str, **params):
-        message_id = next(self.ids)
-        await self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
-        while True:
-            reply = json.loads(await self.ws.recv())
-            if reply.get("id") == message_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-
-    async def js(self, expression: str):
-        result = await self.send("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
-        return result.get("result", {}).get("value")
-
-    async def wait_for(self, expression: str, timeout: float = 60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await self.js(expression):
-                return
-            await asyncio.sleep(0.25)
-        raise TimeoutError(f"page never satisfied: {expression}")
+CHROMIUM_FLAGS = [*BROWSER_FLAGS[:-2], "--window-size=1100,600", "--remote-debugging-port=0"]
 
 
 async def make_chat(openwebui: OpenWebUI, llm: LLMServer) -> str:

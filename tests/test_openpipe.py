@@ -178,6 +178,32 @@ def test_system_tasks_and_opt_out(reporting, llm, openpipe):
     assert not [r for r in openpipe.reports if meta(r)["thread_id"] == opted]
 
 
+def test_a_task_is_one_model_call_reported_as_a_system_task(reporting, llm, openpipe):
+    def task(name: str, body: dict, who: str | None = "dave") -> httpx.Response:
+        headers = {"authorization": f"Bearer {PROXY}", **({"x-loom-user": who} if who else {})}
+        return httpx.post(f"{reporting.url}/tasks/{name}", json=body, headers=headers, timeout=30)
+
+    llm.script({"text": '{"title": "Tides"}'})
+    answered = task("title_generation", {"messages": [{"role": "user", "content": "Title for: tides?"}]})
+    assert answered.status_code == 200 and answered.json() == {"content": '{"title": "Tides"}'}
+    [request] = llm.requests()
+    assert request["body"].get("stream") is not True and request["body"]["messages"][-1]["content"] == \
+        "Title for: tides?"
+    (report,) = wait_for(lambda: [r for r in openpipe.reports if meta(r).get("user_id") == "dave"], "the report")
+    assert meta(report)["interaction_type"] == "system_task" and meta(report)["system_task"] == "title_generation"
+
+    llm.script({"status": 500, "error_message": "down"}, {"status": 500, "error_message": "down"})
+    failed = task("tags_generation", {"messages": [{"role": "user", "content": "Tags?"}]})
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "model_error"
+    for name, body, who, status, code in (
+            ("Title!", {"messages": [{"role": "user", "content": "x"}]}, "dave", 400, "invalid_task"),
+            ("title_generation", {"messages": [{"role": "tool", "content": "x"}]}, "dave", 400, "invalid_messages"),
+            ("title_generation", {"messages": []}, "dave", 422, "invalid_input"),
+            ("title_generation", {"messages": [{"role": "user", "content": "x"}]}, None, 422, "missing_user")):
+        refused = task(name, body, who)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (status, code), refused.text
+
+
 def test_status_counts_what_was_sent(reporting, llm, openpipe):
     llm.script({"text": "x"})
     reporting.run("agent", [user("x")], headers=as_alice())
@@ -309,9 +335,10 @@ def test_the_pipe_forwards_opt_out_and_system_tasks(reporting, llm, openpipe):
                                                    __chat_id__=chat_id, __event_emitter__=emit))))
     assert "not reported" in text
 
-    # Tasks are answered at once unless the valve runs them through loom, as reported system tasks.
+    # With local_tasks, tasks are answered at once; with run_tasks they run through loom, as system tasks.
     task_body = {"model": "loom.agent", "messages": [{"role": "user", "content": "Title for: hello"}]}
     loud = {"id": who, "name": "Ada", "valves": Pipe.UserValves()}
+    pipe.valves = Pipe.Valves(loom_url=reporting.url, api_key=PROXY, local_tasks=True)
     answer = asyncio.run(pipe.pipe({"model": "loom.agent"}, __user__=loud, __task__="title_generation",
                                    __task_body__=task_body))
     assert isinstance(answer, str)

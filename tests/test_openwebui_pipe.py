@@ -156,6 +156,23 @@ async def test_confirmation_interrupt_becomes_openwebuis_dialog(loom, llm, appro
         assert text.endswith("The user rejected this tool call.\n</details>\n\nNot deleted.")
 
 
+async def test_the_confirm_tools_valve_makes_a_tool_ask_first(loom, llm):
+    llm.script({"tool_calls": [call("call_c", "calculator", {"expression": "6*7"})]}, {"text": "It is 42."},
+               {"text": "Paris."}, {"text": "Paris."}, {"text": "Paris."}, {"text": "Paris."})
+    asked = []
+
+    async def event_call(request: dict):
+        asked.append(request["data"]["title"])
+        return True
+
+    pipe = make_pipe(loom, confirm_tools="delete_records, calculator")
+    text, _ = await chat(pipe, [u("6*7?")], event_call=event_call)
+    assert asked == ["Allow calculator?"] and text.endswith("\nIt is 42.")
+    assert llm.requests()[1]["body"]["messages"][-1]["content"] == "42"
+    text, _ = await chat(pipe, [u("Capital of France?")], model="loom.moa")  # its context has no such field
+    assert text == "Paris."
+
+
 @pytest.mark.parametrize("event_call", [None, "disconnected"])
 async def test_without_a_dialog_the_pipe_says_what_waits_and_declines(loom, llm, event_call):
     async def api_mode(request: dict):  # what OpenWebUI's __event_call__ answers for API callers
@@ -219,8 +236,28 @@ async def test_attached_file_text_reaches_the_model(loom, llm):
 # -------------------------------------------------------------------------------------- tasks, modes, valves
 
 
-async def test_background_tasks_are_answered_at_once_without_a_model(loom, llm):
-    pipe = make_pipe(dead_url())  # not even loom is asked
+async def test_background_tasks_are_one_model_call_not_a_graph_run(loom, llm):
+    llm.script({"text": '{"follow_ups": ["Why the moon?", "And in Brittany?"]}'})
+    prompt = "### Task: suggest follow-ups\n<chat_history>USER: tides?</chat_history>"
+    task_body = {"messages": [u("tides?"), a("")]}  # the chat the task is about; the prompt is the body's
+    answer, _ = await chat(make_pipe(loom), [u(prompt)], model="loom.moa", task="follow_up_generation",
+                           task_body=task_body)
+    assert json.loads(answer) == {"follow_ups": ["Why the moon?", "And in Brittany?"]}
+    [request] = llm.requests()  # one call, not MoA's proposers and aggregator
+    assert request["body"]["messages"] == [{"role": "user", "content": prompt}]
+    assert not request["body"].get("stream") and not request["body"].get("tools")
+
+
+async def test_a_failed_task_call_falls_back_to_the_local_answer(loom, llm):
+    llm.script({"status": 500}, {"status": 500}, {"status": 500})
+    task_body = {"messages": [u("Tides in Brittany?")]}
+    for pipe in (make_pipe(loom), make_pipe(dead_url())):
+        title, _ = await chat(pipe, [u("### Task: a title")], task="title_generation", task_body=task_body)
+        assert json.loads(title) == {"title": "Tides in Brittany?"}
+
+
+async def test_background_tasks_are_answered_at_once_with_the_local_tasks_valve(loom, llm):
+    pipe = make_pipe(dead_url(), local_tasks=True)  # not even loom is asked
     task_body = {"messages": [u("How do tides work on the Atlantic coast of France, and when are they highest?"),
                               a("They follow the moon.")]}
     title, _ = await chat(pipe, [u("### Task: Generate a title ...")], model="loom.moa", stream=False,

@@ -200,3 +200,10 @@ def task_answer(task: str, task_body: dict | None) -> str:
     if "autocomplete" in task:
         return json.dumps({"text": ""})
     return ""
+
+
+def task_messages(body: dict | None) -> list[dict]:
+    """The prompt OpenWebUI built for a background task, as plain-text messages for loom's POST /tasks."""
+    return [{"role": m["role"], "content": strip_blocks(_text(m.get("content") or ""))}
+            for m in (body or {}).get("messages") or []
+            if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")]

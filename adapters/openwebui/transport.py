@@ -136,6 +136,23 @@ async def list_agents(url: str, api_key: str, timeout: float) -> list[dict]:
         raise LoomUnreachable(url, _reason(exc)) from None
 
 
+async def run_task(url: str, api_key: str, task: str, messages: list[dict], user_id: str | None,
+                   opt_out: bool, timeout: float) -> str:
+    """`POST /tasks/{task}`: one model call for a background task (a title, tags, follow-ups); its text."""
+    headers = {**_headers(api_key), **({"x-loom-user": user_id} if user_id else {})}
+    body: dict = {"messages": messages, **({"openpipe": {"optOut": True}} if opt_out else {})}
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.post(f"{url}/tasks/{task}", json=body, headers=headers)
+            if response.status_code != 200:
+                raise await _http_error(response)
+            return str(response.json().get("content") or "")
+    except httpx.TimeoutException:
+        raise LoomTimeout(timeout) from None
+    except httpx.TransportError as exc:
+        raise LoomUnreachable(url, _reason(exc)) from None
+
+
 async def run_events(client: httpx.AsyncClient, url: str, api_key: str, graph: str, run_input: dict,
                      retries: int, on_retry: Callable[[str], Awaitable[None]] | None = None
                      ) -> AsyncIterator[dict]:
