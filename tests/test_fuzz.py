@@ -1,5 +1,6 @@
 """Property-based fuzz of loom's HTTP surface with hostile JSON: RunAgentInput-shaped bodies for
-`POST /agents/{graph}`, and the `/memories*` and `/threads/*` routes, with NUL, lone surrogates, huge and deeply
+`POST /agents/{graph}`, Chat Completions bodies for `/v1/chat/completions`, and the `/memories*`, `/threads/*`
+and `/tasks/*` routes, with NUL, lone surrogates, huge and deeply
 nested values, wrong types and missing fields.
 
 Properties: never a 500; every refusal is loom's `{"error": {code, message}}`; an accepted run ends in
@@ -128,6 +129,49 @@ def test_fuzz_memories(target, op, text, tags, memory_id, user, raw):
     {"dataset": hostile}, optional={"split": hostile, "metadata": values, "include_system": values})))
 def test_fuzz_threads(target, thread_id, body):
     check(target.client.post(f"/threads/{path_of(thread_id)}/dataset", content=encode(body),
+                             headers={"content-type": "application/json"}))
+
+
+openai_messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "function", "wizard"])},
+    optional={"content": st.one_of(hostile, parts, values), "tool_calls": tool_calls, "tool_call_id": ids,
+              "name": hostile}), max_size=4)
+openai_bodies = st.fixed_dictionaries(
+    {"model": st.one_of(st.sampled_from(["agent", "memory", "moa"]), hostile), "messages": openai_messages},
+    optional={"stream": values, "temperature": values, "max_tokens": values, "stop": values, "seed": values,
+              "tools": st.lists(values, max_size=2), "tool_choice": values, "user": hostile, "n": values,
+              "stream_options": values, "loom": st.one_of(values, nested, st.fixed_dictionaries({"context": context}))},
+).flatmap(lambda body: st.sampled_from([body, body["messages"], {k: v for k, v in body.items() if k != "model"}]))
+
+
+@FUZZ
+@given(body=openai_bodies, thread=st.one_of(st.none(), ids))
+def test_fuzz_openai_chat_completions(target, body, thread):
+    """The OpenAI edge answers in OpenAI's error shape, never a 500; a stream ends in [DONE] or an error."""
+    headers = {"content-type": "application/json"}
+    if thread is not None:
+        headers["x-loom-thread"] = thread.encode("utf-8", "surrogatepass").decode("latin-1", "replace")[:200]
+    try:
+        with target.client.stream("POST", "/v1/chat/completions", content=encode(body), headers=headers) as response:
+            raw = response.read().decode()
+    except UnicodeEncodeError:  # a header httpx itself refuses to send: nothing reached the server
+        return
+    stats["cases"] += 1
+    stats["5xx"] += response.status_code >= 500
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert isinstance(error["message"], str) and error["message"] and "type" in error, error
+        assert response.status_code < 500 or error.get("code") not in (None, "internal_error"), error
+    elif raw.startswith("data: "):
+        frames = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+        assert frames[-1] == "[DONE]" or "error" in json.loads(frames[-1]), frames[-2:]
+
+
+@FUZZ
+@given(thread_id=ids, task=hostile, body=st.one_of(values, nested))
+def test_fuzz_thread_reads_and_tasks(target, thread_id, task, body):
+    check(target.client.get(f"/threads/{path_of(thread_id)}/messages"))
+    check(target.client.post(f"/tasks/{path_of(task)}", content=encode(body),
                              headers={"content-type": "application/json"}))
 
 
