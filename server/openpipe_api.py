@@ -37,14 +37,14 @@ class DatasetRequest(BaseModel):
 
 async def _thread(request: Request, thread_id: str, user_id: str):
     """The newest state of the caller's thread (any graph: they share one checkpointer) and its history."""
+    if not valid_id(thread_id):  # no run could have made it (and PostgreSQL refuses a NUL): nothing to look up
+        raise HTTPException(404, not_found(thread_id))
     try:
         await request.app.state.threads.assert_owner(thread_id, user_id)
     except ThreadNotFound:
         raise HTTPException(404, not_found(thread_id)) from None
     graphs = request.app.state.graphs
     config = {"configurable": {"thread_id": thread_id}}
-    if not valid_id(thread_id):  # no run could have made it (and PostgreSQL refuses a NUL)
-        graphs = {}
     for entry in graphs.values():
         snapshot = await entry.graph.aget_state(config)
         if not snapshot.values and not snapshot.metadata:

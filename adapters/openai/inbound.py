@@ -14,6 +14,7 @@ from typing import Any
 
 from loom.adapters.openai import confirm
 from loom.adapters.openwebui.history import _assistant_turn, _content_key, _text, _user_content, message_id
+from loom.graphs.text_checks import MAX_ID_LENGTH, valid_id
 
 # Sampling parameters, by the runtime-context field that takes them (when the graph's context has it).
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_completion_tokens": "max_tokens",
@@ -55,10 +56,18 @@ def thread_hint(headers: dict[str, str], graph: str, body: dict) -> str | None:
     if headers.get(TASK_HEADER, "").strip():
         return None
     if thread := headers.get(THREAD_HEADER, "").strip():
-        return thread
+        return _checked(thread, THREAD_HEADER)
     if (chat := headers.get(OPENWEBUI_CHAT_HEADER, "").strip()) and not _openwebui_task(body.get("messages")):
-        return f"openwebui-{chat}-{graph}"
+        return _checked(f"openwebui-{chat}-{graph}", OPENWEBUI_CHAT_HEADER)
     return None
+
+
+def _checked(thread_id: str, header: str) -> str:
+    """A thread id as runs take them (1-256 printable characters), checked before anything reads the thread."""
+    if not valid_id(thread_id):
+        raise RequestError(f"{header}: a thread id is 1 to {MAX_ID_LENGTH} printable characters", header.lower(),
+                           "invalid_id")
+    return thread_id
 
 
 def _openwebui_task(messages: Any) -> bool:
