@@ -133,9 +133,8 @@ class ChatPage:
         await self.page.send("Page.navigate", url=url)
         await self.page.wait_for("document.readyState === 'complete'", what="a loaded document")
 
-    async def new_chat(self, model: str, tools: str = "") -> None:
-        """A new chat with `model`, and the workspace tools `tools` (comma-separated ids) switched on for it."""
-        await self.navigate(f"{self.url}/?models={model}" + (f"&tools={tools}" if tools else ""))
+    async def new_chat(self, model: str) -> None:
+        await self.navigate(f"{self.url}/?models={model}")
         await self.page.wait_for("!!document.querySelector('#chat-input')", what="the chat input")
         await self.dismiss_whats_new()
         shown = model.replace(".", "/", 1)  # the pipe names its models "loom/<graph>"

@@ -20,7 +20,6 @@ import pytest
 from tests.conftest import LoomServer
 from tests.openwebui_browser import LAST_ANSWER, Browser, ChatPage, chromium_missing
 from tests.openwebui_rig import OpenWebUI, install_loom_pipe
-from tests.test_openwebui_e2e import WEATHER_TOOL
 
 PROXY_KEY = "browser-proxy-key"
 pytestmark = pytest.mark.timeout(900)  # the first test pays for OpenWebUI's start (15-73 s on 2 cores)
@@ -49,7 +48,6 @@ def openwebui(loom, tmp_path_factory):
     try:
         server.start()
         install_loom_pipe(server, loom.url, PROXY_KEY)
-        server.create_tool("weather", WEATHER_TOOL, "Weather")
         yield server
     finally:
         server.stop()
@@ -91,25 +89,6 @@ async def test_a_backend_tool_call_shows_as_a_block_with_its_input_and_output(ch
     assert [line.strip() for line in block.split("\n") if line.strip()] == [
         "INPUT", "expression", "23*19", "OUTPUT", "437"]
     await chat_page.screenshot(shots / "tool-call.png")
-
-
-async def test_a_chat_tool_runs_in_openwebui_and_shows_its_input_and_output(chat_page, openwebui, llm, shots):
-    """An OpenWebUI workspace tool switched on in the chat: the agent calls it, OpenWebUI runs it with the
-    user's valve, and the page shows its block like a backend tool's."""
-    openwebui.set_tool_user_valves("weather", {"unit": "C"})
-    llm.script({"tool_calls": [call("call_w", "get_weather", {"city": "Lyon"})]}, {"text": "It is 21°C in Lyon."})
-    await chat_page.new_chat("loom.agent", tools="weather")
-    await chat_page.send("Weather in Lyon?")
-    answer = await chat_page.wait_answer_done()
-    assert "View Result from get_weather" in answer and "It is 21°C in Lyon." in answer
-    await chat_page.click("View Result from get_weather", "div, button, span")
-    await chat_page.page.wait_for("document.body.innerText.includes('OUTPUT')", 10, what="the open block")
-    opened = await chat_page.answer_text()
-    block = opened.split("View Result from get_weather", 1)[1].split("It is 21°C in Lyon.")[0]
-    assert [line.strip() for line in block.split("\n") if line.strip()] == [
-        "INPUT", "city", "Lyon", "OUTPUT", "Lyon: 21°C"]
-    assert llm.requests()[1]["body"]["messages"][-1]["content"] == "Lyon: 21°C"  # what OpenWebUI's tool returned
-    await chat_page.screenshot(shots / "chat-tool.png")
 
 
 async def test_moa_shows_each_proposer_in_the_status_history(chat_page, llm, shots):
