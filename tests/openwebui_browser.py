@@ -133,11 +133,12 @@ class ChatPage:
         await self.page.send("Page.navigate", url=url)
         await self.page.wait_for("document.readyState === 'complete'", what="a loaded document")
 
-    async def new_chat(self, model: str) -> None:
+    async def new_chat(self, model: str, shown: str = "") -> None:
+        """A new chat with `model`, whose name on the page is `shown` (default: the pipe's "loom/<graph>")."""
         await self.navigate(f"{self.url}/?models={model}")
         await self.page.wait_for("!!document.querySelector('#chat-input')", what="the chat input")
         await self.dismiss_whats_new()
-        shown = model.replace(".", "/", 1)  # the pipe names its models "loom/<graph>"
+        shown = shown or model.replace(".", "/", 1)
         await self.page.wait_for(f"!!document.querySelector('[aria-label=\"Selected model: {shown}\"]')",
                                  what=f"model {shown} selected")
 

@@ -197,6 +197,12 @@ class OpenWebUI:
     def set_tool_user_valves(self, tool_id: str, valves: dict) -> None:
         self.call("POST", f"/api/v1/tools/id/{tool_id}/valves/user/update", valves)
 
+    def create_model(self, model_id: str, name: str, base_model_id: str, tool_ids: list[str]) -> None:
+        """A workspace model on top of `base_model_id` with the workspace tools `tool_ids` on by default: the
+        page switches them on whenever the model is picked for a new chat."""
+        self.call("POST", "/api/v1/models/create", {"id": model_id, "name": name, "base_model_id": base_model_id,
+                                                     "meta": {"toolIds": tool_ids}, "params": {}})
+
     def model_ids(self) -> list[str]:
         return [m["id"] for m in self.call("GET", "/api/models")["data"]]
 

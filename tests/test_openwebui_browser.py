@@ -2,7 +2,7 @@
 
 One OpenWebUI (tests/openwebui_rig.py) and one browser serve the whole module. Each test opens a new chat with a
 loom model, types a message, presses send and asserts on what the page shows: the tool-call block with its
-input and output, MoA's per-proposer status lines, recalled memories as a source, an error and its toast.
+input and output (a backend tool, and an OpenWebUI workspace tool), MoA's per-proposer status lines, recalled memories as a source, an error and its toast.
 Every test saves a screenshot under the pytest tmp dir (`browser-shots/`).
 
 Needs Debian's `chromium` (`apt-get install -y chromium`); without it these tests skip, unless
@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import LoomServer
 from tests.openwebui_browser import LAST_ANSWER, Browser, ChatPage, chromium_missing
 from tests.openwebui_rig import OpenWebUI, install_loom_pipe
+from tests.test_openwebui_e2e import WEATHER_TOOL
 
 PROXY_KEY = "browser-proxy-key"
 pytestmark = pytest.mark.timeout(900)  # the first test pays for OpenWebUI's start (15-73 s on 2 cores)
@@ -48,6 +49,8 @@ def openwebui(loom, tmp_path_factory):
     try:
         server.start()
         install_loom_pipe(server, loom.url, PROXY_KEY)
+        server.create_tool("weather", WEATHER_TOOL, "Weather")
+        server.create_model("weather-agent", "Weather agent", "loom.agent", ["weather"])
         yield server
     finally:
         server.stop()
@@ -89,6 +92,32 @@ async def test_a_backend_tool_call_shows_as_a_block_with_its_input_and_output(ch
     assert [line.strip() for line in block.split("\n") if line.strip()] == [
         "INPUT", "expression", "23*19", "OUTPUT", "437"]
     await chat_page.screenshot(shots / "tool-call.png")
+
+
+async def test_a_chat_tool_runs_in_openwebui_and_shows_its_input_and_output(chat_page, openwebui, llm, shots):
+    """A workspace tool that is on in the chat (the "Weather agent" model, loom's agent with the tool on by
+    default): the agent calls it, OpenWebUI runs it with the user's valve, and the page shows its block the
+    way it shows a backend tool's."""
+    openwebui.set_tool_user_valves("weather", {"unit": "C"})
+    llm.script({"tool_calls": [call("call_w", "get_weather", {"city": "Lyon"})]}, {"text": "It is 21°C in Lyon."})
+    await chat_page.new_chat("weather-agent", shown="Weather agent")
+    # The page fetches the workspace tools, then switches the model's default ones on; the wrench counts them.
+    await chat_page.page.wait_for("document.querySelector('button[aria-label=\"Available Tools\"]')"
+                                  "?.innerText.trim() === '1'", 30, what="the weather tool switched on")
+    await chat_page.send("Weather in Lyon?")
+    answer = await chat_page.wait_answer_done()
+    assert "View Result from get_weather" in answer and "It is 21°C in Lyon." in answer, answer
+    await chat_page.click("View Result from get_weather", "div, button, span")
+    await chat_page.page.wait_for("document.body.innerText.includes('OUTPUT')", 10, what="the open block")
+    opened = await chat_page.answer_text()
+    block = opened.split("View Result from get_weather", 1)[1].split("It is 21°C in Lyon.")[0]
+    assert [line.strip() for line in block.split("\n") if line.strip()] == [
+        "INPUT", "city", "Lyon", "OUTPUT", "Lyon: 21°C"]
+    offered = [t["function"]["name"] for t in llm.requests()[0]["body"]["tools"]]
+    assert "get_weather" in offered  # the tool came from OpenWebUI, through the pipe, to the model
+    assert llm.requests()[1]["body"]["messages"][-1] == {
+        "role": "tool", "tool_call_id": "call_w", "content": "Lyon: 21°C"}  # what OpenWebUI's tool returned
+    await chat_page.screenshot(shots / "chat-tool.png")
 
 
 async def test_moa_shows_each_proposer_in_the_status_history(chat_page, llm, shots):
