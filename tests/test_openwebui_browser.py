@@ -2,7 +2,8 @@
 
 One OpenWebUI (tests/openwebui_rig.py) and one browser serve the whole module. Each test opens a new chat with a
 loom model, types a message, presses send and asserts on what the page shows: the tool-call block with its
-input and output (a backend tool, and an OpenWebUI workspace tool), MoA's per-proposer status lines, recalled memories as a source, an error and its toast.
+input and output (a backend tool, and an OpenWebUI workspace tool), MoA's per-proposer status lines, recalled
+memories as a source, an error and its toast.
 Every test saves a screenshot under the pytest tmp dir (`browser-shots/`).
 
 Needs Debian's `chromium` (`apt-get install -y chromium`); without it these tests skip, unless
