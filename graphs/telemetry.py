@@ -11,6 +11,7 @@ models (MoA proposers) and tools (frontend tools) of its own.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Any
@@ -74,6 +75,11 @@ def bounded(kind: str, value: str | None) -> str:
         return OTHER
     seen.add(value)
     return value
+
+
+# Set while loom's own tool loop runs a tool: it records the call itself, with a status the callbacks cannot tell
+# (a timeout); RunStats records every other tool (a ToolNode in a user's graph).
+counted_by_loom: contextvars.ContextVar[bool] = contextvars.ContextVar("loom_tool_counted", default=False)
 
 
 def record_tool(tool: str, status: str) -> None:
@@ -155,6 +161,7 @@ class RunStats(BaseCallbackHandler):
         self.tokens_in = 0
         self.tokens_out = 0
         self._started: dict[UUID, tuple[float, str]] = {}
+        self._tools: dict[UUID, str] = {}  # tools outside loom's own tool loop, by callback run id
 
     def on_chat_model_start(self, serialized: dict, messages: list, *, run_id: UUID,
                             metadata: dict | None = None, **kwargs: Any) -> None:
@@ -185,8 +192,19 @@ class RunStats(BaseCallbackHandler):
             LLM_REQUESTS.labels(label, outcome).inc()
             LLM_SECONDS.labels(label).observe(time.perf_counter() - started)
 
-    def on_tool_start(self, serialized: dict, input_str: str, **kwargs: Any) -> None:
+    def on_tool_start(self, serialized: dict, input_str: str, *, run_id: UUID, **kwargs: Any) -> None:
         self.tool_calls += 1
+        if not counted_by_loom.get():
+            self._tools[run_id] = kwargs.get("name") or (serialized or {}).get("name") or ""
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if (tool := self._tools.pop(run_id, None)) is not None:
+            record_tool(tool, "success")
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        tool = self._tools.pop(run_id, None)
+        if tool is not None and not isinstance(error, asyncio.CancelledError):  # a cancelled run is no tool error
+            record_tool(tool, "error")
 
 
 def _usage(response: Any) -> dict:

@@ -16,7 +16,7 @@ from langchain_core.tools import BaseTool
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 from loom.graphs.context import BaseContext
-from loom.graphs.telemetry import record_tool
+from loom.graphs.telemetry import counted_by_loom, record_tool
 
 
 def turn_iterations(messages: list[AnyMessage]) -> int:
@@ -96,6 +96,7 @@ async def run_tool(tool_: BaseTool | None, call: dict, timeout: float,
     if tool_ is None:
         record_tool("unknown_tool", "error")  # the model's invented name is no label
         return tool_result(call, f"Error: there is no tool named {call['name']!r}.", "error")
+    counted = counted_by_loom.set(True)  # wait_for's task copies the context, so the tool's callbacks see it
     try:
         output = await asyncio.wait_for(tool_.ainvoke(call["args"]), timeout)
     except TimeoutError:
@@ -107,6 +108,8 @@ async def run_tool(tool_: BaseTool | None, call: dict, timeout: float,
     except Exception as exc:
         record_tool(tool_.name, "error")
         return tool_result(call, f"Error: {type(exc).__name__}: {exc}", "error")
+    finally:
+        counted_by_loom.reset(counted)
     record_tool(tool_.name, "success")
     return tool_result(call, output if isinstance(output, str) else json.dumps(output, default=str))
 

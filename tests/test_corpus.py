@@ -8,6 +8,7 @@ import pytest
 
 from tests.agui_js import run_agui_client
 from tests.conftest import REPO, LoomServer, new_id, user
+from tests.metrics_scrape import delta, scrape
 from tests.test_agui_clients import assert_clean, roles, tool_call
 
 CORPUS = REPO / "tests" / "corpus" / "langgraph.json"
@@ -68,6 +69,15 @@ def test_two_turns_through_the_official_client(corpus, llm, graph):
     # The second turn's model call saw the first turn, kept on the thread.
     last_request = [m["role"] for m in llm.requests()[-1]["body"]["messages"] if m["role"] != "system"]
     assert last_request == [*first_turn, "user"]
+
+
+def test_the_tools_of_a_users_graph_are_counted_in_metrics(corpus, llm):
+    # create_react_agent runs its tools in LangGraph's ToolNode, not in loom's tool loop.
+    before = scrape(corpus.url)
+    llm.script({"tool_calls": [tool_call("get_weather", {"city": "Oslo"})]}, {"text": "Sunny in Oslo."})
+    assert corpus.run("react", [user("weather in Oslo?")])[-1]["type"] == "RUN_FINISHED"
+    after = scrape(corpus.url)
+    assert delta(before, after, "loom_tool_calls_total", tool="get_weather", status="success") == 1
 
 
 def test_old_style_configurable_comes_from_forwarded_context(corpus, llm):
