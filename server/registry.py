@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from langgraph.graph.state import CompiledStateGraph, StateGraph
 from langgraph.pregel import Pregel
 from loom.adapters.agui.context import context_json_schema
 from loom.adapters.agui.state import SharedKeys
-from loom.server.graph_loading import add_dependencies, apply_env, load_target
+from loom.server.graph_loading import Factory, add_dependencies, apply_env, load_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +26,24 @@ class GraphEntry:
     description: str
     builder: StateGraph
     graph: CompiledStateGraph  # compiled with the server's checkpointer and store
+    factory: Factory | None = None  # a graph made by a factory is made again for every run
+    options: dict = field(default_factory=dict)  # breakpoints the exported graph was compiled with
+
+    @asynccontextmanager
+    async def run_graph(self, config: dict, context: Any) -> AsyncIterator[Pregel]:
+        """The graph one run executes: `graph`, or what the factory makes for this run, held for its length."""
+        if self.factory is None:
+            yield self.graph
+            return
+        factory_config = {key: config[key] for key in ("configurable", "metadata") if key in config}
+        async with self.factory.run_graph(factory_config, context, self.graph.store) as made:
+            if isinstance(made, StateGraph):
+                yield made.compile(checkpointer=self.graph.checkpointer, store=self.graph.store, name=self.name,
+                                   interrupt_before=self.options.get("interrupt_before_nodes"),
+                                   interrupt_after=self.options.get("interrupt_after_nodes"))
+            else:
+                yield made.copy(update={"checkpointer": self.graph.checkpointer, "store": self.graph.store,
+                                        "name": self.name})
 
     @property
     def context_schema(self) -> type | None:
@@ -64,7 +84,7 @@ class GraphLoadError(RuntimeError):
     """A graph listed in langgraph.json cannot be loaded; the message names the graph and the cause."""
 
 
-Loaded = dict[str, tuple[StateGraph, str, dict]]
+Loaded = dict[str, tuple[StateGraph, str, dict]]  # name -> (builder, description, compile options)
 _loaded: dict[tuple[Path, bool], Loaded] = {}
 
 
@@ -74,7 +94,8 @@ def load_builders(path: Path | None = None) -> Loaded:
     A graph is named as LangGraph's own server names it, `./path/file.py:attr` relative to the file (or
     `package.module:attr`); `attr` is a compiled graph, a StateGraph or a factory returning either (see
     graph_loading). The run config is the one the exported graph carries (e.g. `.with_config(recursion_limit=...)`),
-    so Studio and loom run a graph with the same settings. Loaded once per process: factories run once.
+    so Studio and loom run a graph with the same settings. Loaded once per process; a factory is called here
+    for the graph's shape, and again per run (the options' `factory`).
     """
     path = (path or registry_path()).resolve()
     key = (path, builtin_graphs_enabled())
@@ -105,14 +126,14 @@ def _load_registry(path: Path, include_builtins: bool) -> Loaded:
         if not isinstance(where, str) or not where:
             raise GraphLoadError(f"graph {name!r} in {path}: expected \"./file.py:attr\" or {{\"path\": ...}}")
         try:
-            module, exported = load_target(path.parent, where)
+            module, exported, factory = load_target(path.parent, where)
         except Exception as exc:
             raise GraphLoadError(f"graph {name!r} ({where}) failed to load: {type(exc).__name__}: {exc}") from exc
         description = (module.__doc__ or name).strip().splitlines()[0]
         if isinstance(target, dict) and target.get("description"):
             description = target["description"]
         builder = exported if isinstance(exported, StateGraph) else exported.builder
-        out[name] = (builder, description, _compile_options(exported))
+        out[name] = (builder, description, {**_compile_options(exported), "factory": factory})
     return out
 
 
@@ -132,6 +153,7 @@ def compile_all(checkpointer, store, path: Path | None = None) -> dict[str, Grap
                                 interrupt_before=options.get("interrupt_before_nodes"),
                                 interrupt_after=options.get("interrupt_after_nodes"))
         config = options["config"]
-        entries[name] = GraphEntry(name, description, builder, graph.with_config(config) if config else graph)
+        entries[name] = GraphEntry(name, description, builder, graph.with_config(config) if config else graph,
+                                   options.get("factory"), options)
         entries[name].shared_keys  # noqa: B018 — validators are built at start-up, not on a request
     return entries

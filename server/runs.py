@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, nullcontext
+from contextlib import AsyncExitStack, aclosing, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,20 +150,23 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
                 modes = [*STREAM_MODES, "values"] if prepared.state else STREAM_MODES
                 current_budget.set(prepared.budget)  # the graph's tasks copy this context: their model calls see it
                 deadline = asyncio.get_running_loop().time() + prepared.run_timeout
-                stream = entry.graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
-                                             stream_mode=modes, version="v2", durability="exit", subgraphs=True)
-                async with aclosing(stream):  # closing it cancels the graph's running tasks
-                    while (part := await _next_part(stream, deadline, prepared.run_timeout)) is not None:
-                        events = translator.feed(part)
-                        if prepared.state is not None:
-                            events += prepared.state.feed(part)
-                        if events:
-                            if first_token is None and _answers(events):
-                                first_token = time.perf_counter()
-                            yield encode(events)
-                        elif translator.keepalive_due:
-                            translator.keepalive_due = False
-                            yield ": keepalive\n\n"
+                async with AsyncExitStack() as held:  # a factory's resources, held for the run
+                    graph = await _before(held.enter_async_context(entry.run_graph(prepared.config, prepared.context)),
+                                          deadline, prepared.run_timeout)
+                    stream = graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
+                                           stream_mode=modes, version="v2", durability="exit", subgraphs=True)
+                    async with aclosing(stream):  # closing it cancels the graph's running tasks
+                        while (part := await _next_part(stream, deadline, prepared.run_timeout)) is not None:
+                            events = translator.feed(part)
+                            if prepared.state is not None:
+                                events += prepared.state.feed(part)
+                            if events:
+                                if first_token is None and _answers(events):
+                                    first_token = time.perf_counter()
+                                yield encode(events)
+                            elif translator.keepalive_due:
+                                translator.keepalive_due = False
+                                yield ": keepalive\n\n"
             messages = None
             if translator.interrupts:
                 messages = (await entry.graph.aget_state(prepared.config)).values.get("messages", [])
@@ -212,12 +215,18 @@ async def _nothing() -> None:
 
 async def _next_part(stream: AsyncIterator, deadline: float, seconds: float) -> Any:
     """The graph's next stream part, or None at its end; the run's wall-clock limit bounds the wait."""
+    try:
+        return await _before(anext(stream), deadline, seconds)
+    except StopAsyncIteration:
+        return None
+
+
+async def _before(awaitable: Any, deadline: float, seconds: float) -> Any:
+    """`awaitable`'s result, or RUN_TIME_LIMIT once the run's deadline passes."""
     timeout = asyncio.timeout_at(deadline)
     try:
         async with timeout:
-            return await anext(stream)
-    except StopAsyncIteration:
-        return None
+            return await awaitable
     except TimeoutError:
         if timeout.expired():
             raise RunLimitExceeded("RUN_TIME_LIMIT", f"The run passed its limit of {seconds:g} s (LOOM_RUN_TIMEOUT, "

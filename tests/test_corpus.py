@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -12,15 +15,17 @@ from tests.metrics_scrape import delta, scrape
 from tests.test_agui_clients import assert_clean, roles, tool_call
 
 CORPUS = REPO / "tests" / "corpus" / "langgraph.json"
-CORPUS_GRAPHS = {"react", "create_agent", "supervisor", "swarm", "deep", "notes", "ask_city", "factory", "plain"}
+CORPUS_GRAPHS = {"react", "create_agent", "supervisor", "swarm", "deep", "notes", "ask_city", "factory", "session",
+                 "plain"}
 
 
 @pytest.fixture(scope="module")
 def corpus(llm, tmp_path_factory):
     # The corpus models are plain ChatOpenAI: the OpenAI SDK's own variable points them at the scripted LLM, and
     # the corpus's langgraph.json `env` supplies their API key.
-    server = LoomServer(tmp_path_factory.mktemp("corpus"), LOOM_LLM_BASE_URL=llm.url, LOOM_GRAPHS=str(CORPUS),
-                        OPENAI_BASE_URL=llm.url).start()
+    folder = tmp_path_factory.mktemp("corpus")
+    server = LoomServer(folder, LOOM_LLM_BASE_URL=llm.url, LOOM_GRAPHS=str(CORPUS), OPENAI_BASE_URL=llm.url,
+                        CORPUS_SESSION_LOG=str(folder / "sessions.jsonl")).start()
     yield server
     server.stop()
 
@@ -78,6 +83,33 @@ def test_the_tools_of_a_users_graph_are_counted_in_metrics(corpus, llm):
     assert corpus.run("react", [user("weather in Oslo?")])[-1]["type"] == "RUN_FINISHED"
     after = scrape(corpus.url)
     assert delta(before, after, "loom_tool_calls_total", tool="get_weather", status="success") == 1
+
+
+def test_a_factory_makes_each_runs_graph_and_holds_its_resources_for_the_run(corpus, llm):
+    sessions = Path(corpus.env["CORPUS_SESSION_LOG"])
+    thread = new_id()
+    for model in ("model-a", "model-b"):  # each run's graph is made with that run's config
+        llm.script({"tool_calls": [tool_call("session_status", {})]}, {"text": "It is open."})
+        events = corpus.run("session", [user(f"status with {model}?")], thread_id=thread,
+                            forwardedProps={"context": {"model": model}})
+        assert events[-1]["type"] == "RUN_FINISHED"
+        assert [e["content"] for e in events if e["type"] == "TOOL_CALL_RESULT"] == ["open"]  # open during the run
+        assert {r["body"]["model"] for r in llm.requests()[-2:]} == {model}
+    # Start-up read the graph's shape without a session; each run opened one and closed it when it ended.
+    assert [json.loads(line) for line in sessions.read_text().splitlines()] == [
+        {"event": "open", "thread": thread}, {"event": "close", "thread": thread}] * 2
+
+
+def test_a_factory_that_fails_for_a_run_ends_it_with_an_error_and_frees_the_thread(corpus, llm):
+    thread = new_id()
+    failed = corpus.run("session", [user("status?")], thread_id=thread,
+                        forwardedProps={"context": {"session": "refused"}})
+    assert failed[-1] | {"timestamp": 0} == {
+        "type": "RUN_ERROR", "timestamp": 0, "code": "GRAPH_FACTORY_FAILED",
+        "message": "The graph factory make_graph failed for this run: ConnectionRefusedError: the session server "
+                   "refused the connection"}
+    llm.script({"text": "Fine now."})
+    assert corpus.run("session", [user("status?")], thread_id=thread)[-1]["type"] == "RUN_FINISHED"
 
 
 def test_old_style_configurable_comes_from_forwarded_context(corpus, llm):

@@ -19,9 +19,11 @@ from tests.llm_server import free_port
 
 GRAPHS_PY = """
     import os
+    from contextlib import contextmanager
 
     from langchain_core.runnables import RunnableConfig
     from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph_sdk.runtime import ServerRuntime
 
     FROM_ENV = os.environ["LOADING_TEST_FROM_FILE"]  # read at import: `env` is applied before
 
@@ -40,6 +42,20 @@ GRAPHS_PY = """
 
     async def make_async(config: RunnableConfig):
         assert config["configurable"] == {}
+        return _builder()
+
+
+    def make_for(runtime: ServerRuntime):
+        assert runtime.access_context == "assistants.read" and runtime.execution_runtime is None
+        return _builder()
+
+
+    @contextmanager
+    def make_held(runtime: "ServerRuntime", config: RunnableConfig):
+        yield _builder().compile()
+
+
+    def make_three(a, b, c):
         return _builder()
 
 
@@ -76,9 +92,14 @@ async def test_every_export_langgraph_accepts_loads(tmp_path, clean_env):
         "factory": "./mypkg/graphs.py:make",
         "async_factory": {"path": "./mypkg/graphs.py:make_async", "description": "Made by an async factory."},
         "by_module": "mypkg.graphs:compiled",
+        "runtime_factory": "./mypkg/graphs.py:make_for",
+        "held_factory": "./mypkg/graphs.py:make_held",
     })
     loaded = load_builders(path)  # inside a running loop: the async factory gets a loop of its own
-    assert set(loaded) == {"compiled", "builder", "factory", "async_factory", "by_module"}
+    assert set(loaded) == {"compiled", "builder", "factory", "async_factory", "by_module", "runtime_factory",
+                           "held_factory"}
+    factories = {name for name, (_, _, options) in loaded.items() if options["factory"] is not None}
+    assert factories == {"factory", "async_factory", "runtime_factory", "held_factory"}  # made again per run
     assert all("reply" in builder.nodes for builder, _, _ in loaded.values())
     assert loaded["async_factory"][1] == "Made by an async factory."
     assert os.environ["LOADING_TEST_FROM_FILE"] == "from-file"
@@ -104,6 +125,8 @@ def test_loom_graphs_are_served_beside_a_users_unless_turned_off(tmp_path, clean
     ("./mypkg/graphs.py:nothing", None, "AttributeError: ./mypkg/graphs.py has no attribute 'nothing'"),
     ("./mypkg/graphs.py:not_a_graph", None, "TypeError: ./mypkg/graphs.py:not_a_graph is a int, not a compiled"),
     ("./mypkg/graphs.py:broken", None, "RuntimeError: the model key is missing"),
+    ("./mypkg/graphs.py:make_three", None, "TypeError: factory make_three takes (a, b, c); LangGraph factories take "
+                                           "nothing, a RunnableConfig, a ServerRuntime, or one of each"),
     ("nopkg.graphs:graph", None, "ModuleNotFoundError: No module named 'nopkg'"),
     ("./mypkg/graphs.py:compiled", "missing.env", "env: env file"),
     ("./mypkg/graphs.py:compiled", ["A=1"], "env: `env` must be a file path or an object, not list"),
