@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ag_ui.core import RunAgentInput
+from langgraph.types import Command
 from loom.adapters.agui.context import ContextError, configurable_values
 from loom.adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
 from loom.adapters.agui.outbound import RunTranslator
@@ -96,7 +97,9 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
     prepared.budget = RunBudget(max_tokens)
     if run.resume:
         try:
-            prepared.graph_input = resume_command(run, pending)
+            command = resume_command(run, pending)
+            # A shared-state edit sent with the answer is applied as the run resumes.
+            prepared.graph_input = Command(resume=command.resume, update=state_update) if state_update else command
             prepared.resumed_history = stored
         except InputError as exc:
             prepared.error = exc
@@ -108,6 +111,8 @@ async def prepare_run(entry: GraphEntry, run: RunAgentInput, user_id: str) -> Pr
             "This thread is waiting for an answer to an interrupt; send resume[] covering every open interrupt.")
     elif needs_answer(history):
         prepared.graph_input = {"messages": update, **state_update}
+    elif state_update:  # no new message, but the client changed shared state: the graph runs on the new state
+        prepared.graph_input = {**({"messages": update} if update else {}), **state_update}
     return prepared
 
 

@@ -160,6 +160,21 @@ def test_shared_state_ends_equal_on_client_and_graph(corpus, llm):
     assert stale[1]["type"] == "STATE_SNAPSHOT" and stale[1]["snapshot"] == expected
 
 
+def test_a_state_edit_without_a_new_message_runs_the_graph_on_it(corpus, llm):
+    llm.script({"text": "Green tea is nice."}, {"text": "Coffee is strong."})
+    result = run_agui_client(f"{corpus.url}/agents/notes", [
+        {"op": "user", "content": "tell me about tea"},
+        {"op": "run", "state": {"topic": "coffee"}},  # the client edits the state and asks the agent to act on it
+        {"op": "run"},  # nothing new: nothing to do
+    ], state={"topic": "tea"})
+    assert_clean(result)
+    assert len(llm.requests()) == 2
+    assert "Topic: coffee." in system_prompt(llm.requests()[-1])
+    assert result["state"] == {"topic": "coffee", "notes": ["Green tea is nice.", "Coffee is strong."]}
+    assert [m["content"] for m in result["messages"] if m["role"] == "assistant"] == [
+        "Green tea is nice.", "Coffee is strong."]
+
+
 def test_state_key_outside_the_input_schema_is_refused(corpus):
     body = {"threadId": new_id(), "runId": new_id(), "messages": [user("hi")], "state": {"topic": "x", "bogus": 1}}
     response, _ = corpus.post("notes", body)
@@ -255,6 +270,17 @@ def test_free_text_interrupt_resumes_with_the_answer(corpus, llm):
     assert result["state"] == {"city": "Lyon"}
     assert [m.get("content") for m in result["messages"] if m["role"] == "assistant"] == [
         "Paris it is: sunny.", "Lyon: rainy."]
+
+
+def test_a_state_edit_sent_with_a_resume_is_applied_as_the_run_resumes(corpus, llm):
+    llm.script({"text": "Oslo: 50°F."})
+    result = run_agui_client(f"{corpus.url}/agents/ask_city", [
+        {"op": "user", "content": "what is the weather?"},
+        {"op": "resume", "decision": "approve", "payload": "Oslo", "state": {"units": "imperial"}},
+    ])
+    assert_clean(result)
+    assert llm.requests()[-1]["body"]["messages"][-1]["content"] == "The city is Oslo. Units: imperial."
+    assert result["state"] == {"city": "Oslo", "units": "imperial"}
 
 
 def test_deep_agent_sub_agent_streams_under_its_name(corpus, llm):

@@ -9,6 +9,7 @@ model = ChatOpenAI(model="gpt-4o-mini")
 
 class State(MessagesState):
     city: str
+    units: str  # optional: a client may set it in the shared state
 
 
 def ask(state: State) -> dict:
@@ -17,7 +18,8 @@ def ask(state: State) -> dict:
 
 
 async def answer(state: State) -> dict:
-    reply = await model.ainvoke([*state["messages"], {"role": "user", "content": f"The city is {state['city']}."}])
+    units = f" Units: {state['units']}." if state.get("units") else ""
+    reply = await model.ainvoke([*state["messages"], {"role": "user", "content": f"The city is {state['city']}.{units}"}])
     return {"messages": [reply]}
 
 
