@@ -92,6 +92,9 @@ class Settings(GraphSettings, LettaSettings):
     max_messages: int = 500
     max_tools: int = 128
 
+    # POST /tasks/{task} (chat clients' titles, tags, follow-ups): often worth a smaller, cheaper model.
+    task_model: str | None = Field(None, description="Model for chat clients' background tasks; unset: llm_model.")
+
     # Bounds on every run, whatever the model does; a run's context may lower them, never raise them.
     run_timeout: float = Field(600.0, gt=0, allow_inf_nan=False, description="Seconds one run may take in all.")
     run_max_output_tokens: int = Field(32_000, ge=1, description="Tokens the model may stream in one run.")

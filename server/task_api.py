@@ -3,6 +3,7 @@
 OpenWebUI asks the chat's model for these after every answer; running a graph (MoA's proposers, the agent's
 tools) for each would cost more than the answer. This is one non-streamed call to the configured model with the
 prompt the client built, nothing stored, reported to OpenPipe as a `system_task` (unless the user opted out).
+The model is LOOM_TASK_MODEL when set (a smaller one is usually enough), else the chat model.
 
 Body: `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...], "openpipe": {"optOut": bool}?}`.
 Who: as for /memories (a proxy key names the user in `X-Loom-User`). Answer: `{"content": str}`. Errors are
@@ -20,6 +21,7 @@ from loom.adapters.openpipe.reporter import current as openpipe_reporter
 from loom.adapters.openpipe.reporter import opted_out
 from loom.graphs.llm import chat_model
 from loom.server.memory_api import _user
+from loom.server.settings import get_settings
 from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["tasks"])
@@ -56,7 +58,7 @@ async def run_task(task: str, body: TaskRequest, request: Request) -> dict:
         task_id = f"task-{uuid.uuid4()}"
         handler = reporter.handler(graph="task", thread_id=task_id, user_id=user_id, run_id=task_id, task=task)
         callbacks = [handler] if handler is not None else []
-    model = chat_model(max_tokens=MAX_TASK_TOKENS).model_copy(update={"streaming": False, "stream_usage": False})
+    model = chat_model(get_settings().task_model, max_tokens=MAX_TASK_TOKENS).model_copy(update={"streaming": False, "stream_usage": False})
     try:
         answer = await model.ainvoke(messages, config={"callbacks": callbacks})
     except Exception as exc:  # noqa: BLE001 — any model failure is the same answer to the client

@@ -24,6 +24,7 @@ from tests.openwebui_rig import OpenWebUI, install_loom_pipe
 from tests.test_openwebui_e2e import WEATHER_TOOL
 
 PROXY_KEY = "browser-proxy-key"
+TASK_MODEL = "task-model"  # titles and follow-ups: the scripted LLM answers them from their own queue
 pytestmark = pytest.mark.timeout(900)  # the first test pays for OpenWebUI's start (15-73 s on 2 cores)
 
 
@@ -39,7 +40,7 @@ def _chromium():
 def loom(llm, tmp_path_factory):
     server = LoomServer(tmp_path_factory.mktemp("browser-loom"), LOOM_LLM_BASE_URL=llm.url,
                         LOOM_API_KEYS=f"{PROXY_KEY}=proxy", LOOM_MEMORY_EMBEDDINGS_URL=llm.url,
-                        LOOM_MEMORY_EMBEDDINGS_MODEL="hashed-bow").start()
+                        LOOM_MEMORY_EMBEDDINGS_MODEL="hashed-bow", LOOM_TASK_MODEL=TASK_MODEL).start()
     yield server
     server.stop()
 
@@ -268,19 +269,37 @@ async def test_regenerate_and_edit_show_the_new_answer_and_fork_the_thread(chat_
 
 
 @pytest.fixture
-def follow_ups(openwebui):
-    """OpenWebUI asks for follow-ups after answers, for one test (the rig switches them off). Titles stay off:
-    OpenWebUI asks for one while the answer is still running, so which request the scripted model answers
-    first would be a race (the pipe's title call is tested in tests/test_openwebui_pipe.py)."""
+def background_tasks(openwebui):
+    """Switches on the OpenWebUI background tasks a test names (the rig switches them off), for that test."""
     config = openwebui.call("GET", "/api/v1/tasks/config")
-    openwebui.call("POST", "/api/v1/tasks/config/update", {**config, "ENABLE_FOLLOW_UP_GENERATION": True})
-    yield
+
+    def switch_on(*settings: str) -> None:
+        openwebui.call("POST", "/api/v1/tasks/config/update", {**config, **{name: True for name in settings}})
+
+    yield switch_on
     openwebui.call("POST", "/api/v1/tasks/config/update", config)
 
 
-async def test_follow_up_chips_come_from_one_model_call(chat_page, llm, shots, follow_ups):
-    llm.script({"text": "Tides follow the moon."},
-               {"text": '{"follow_ups": ["Why does the moon pull the sea?", "When are spring tides?"]}'})
+async def test_the_chat_title_comes_from_the_task_model(chat_page, llm, shots, background_tasks):
+    background_tasks("ENABLE_TITLE_GENERATION")
+    llm.script({"text": "Tides follow the moon."})
+    llm.script({"text": '{"title": "🌊 Tides and the moon"}'}, model=TASK_MODEL)
+    await chat_page.new_chat("loom.agent")
+    await chat_page.send("How do tides work?")
+    assert "Tides follow the moon." in await chat_page.wait_answer_done()
+    await chat_page.wait_text("🌊 Tides and the moon", 30)  # the chat's title, above the chat and in the list
+    # OpenWebUI may ask for the title while the answer still streams: the two models' queues keep them apart.
+    [title] = [r for r in llm.requests() if r["body"]["model"] == TASK_MODEL]
+    assert len(llm.requests()) == 2
+    assert title["body"].get("stream") is not True and not title["body"].get("tools")  # one plain call
+    await chat_page.screenshot(shots / "title.png")
+
+
+async def test_follow_up_chips_come_from_one_model_call(chat_page, llm, shots, background_tasks):
+    background_tasks("ENABLE_FOLLOW_UP_GENERATION")
+    llm.script({"text": "Tides follow the moon."})
+    llm.script({"text": '{"follow_ups": ["Why does the moon pull the sea?", "When are spring tides?"]}'},
+               model=TASK_MODEL)
     await chat_page.new_chat("loom.agent")
     await chat_page.send("How do tides work?")
     assert "Tides follow the moon." in await chat_page.wait_answer_done()
