@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(RequestGuard, settings=settings)
     telemetry.enabled = settings.metrics_enabled
-    tracing.configure()  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
+    tracing.configure(user_ids=settings.openpipe_user_id)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
     if settings.metrics_enabled:
         telemetry.count_client_retries()
         app.add_middleware(CountRejections)  # outside the guard: its early 401/413/431 count too

@@ -5,13 +5,15 @@ OpenInference's LangChain instrumentation (`openinference-instrumentation-langch
 span carries `loom.run_id`. Spans go over OTLP/HTTP (protobuf) to the endpoint, which the OTLP exporter reads
 from the standard OTEL_* variables itself (headers, timeout, service name through OTEL_SERVICE_NAME).
 
-Prompts and answers stay out of spans unless LOOM_OTEL_CONTENT=true. LangSmith tracing (LANGSMITH_TRACING,
+Prompts and answers stay out of spans unless LOOM_OTEL_CONTENT=true. The user id in the spans' LangChain
+metadata follows LOOM_OPENPIPE_USER_ID, as in the run log line: plain, hashed or off. LangSmith tracing (LANGSMITH_TRACING,
 LANGSMITH_API_KEY, LANGSMITH_PROJECT) is LangChain's own and works alongside, unchanged.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -33,10 +35,11 @@ def wanted() -> bool:
     return any(os.environ.get(name) for name in ENDPOINT_ENVS)
 
 
-def configure(exporter: Any = None) -> bool:
+def configure(exporter: Any = None, user_ids: str = "plain") -> bool:
     """Install the tracer provider and the LangChain instrumentation once per process; False when off.
 
-    `exporter`: a span exporter to use instead of OTLP/HTTP (the tests' in-memory one).
+    `exporter`: a span exporter to use instead of OTLP/HTTP (the tests' in-memory one). `user_ids`: plain,
+    hashed or off (LOOM_OPENPIPE_USER_ID), for the user id in span metadata.
     """
     global _tracer, _provider, _instrumentor
     if _tracer is not None:
@@ -58,9 +61,10 @@ def configure(exporter: Any = None) -> bool:
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # sent off the request path
+        # sent off the request path
+        provider.add_span_processor(BatchSpanProcessor(_UserIdPolicy(OTLPSpanExporter(), user_ids)))
     else:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.add_span_processor(SimpleSpanProcessor(_UserIdPolicy(exporter, user_ids)))
     content = os.environ.get(CONTENT_ENV, "").strip().lower() in ("1", "true", "yes")
     _instrumentor = LangChainInstrumentor()
     _instrumentor.instrument(tracer_provider=provider, config=TraceConfig(
@@ -115,3 +119,45 @@ class _RunIdProcessor:
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+class _UserIdPolicy:
+    """A span exporter that shows the user id in span metadata as the policy says, then hands spans on.
+
+    LangChain's run metadata (which OpenInference puts on every span as JSON) holds the caller's `user_id`; a
+    span cannot be changed once ended, so the spans are copied on their way out."""
+
+    def __init__(self, inner: Any, mode: str):
+        self.inner, self.mode = inner, mode
+
+    def export(self, spans: Any) -> Any:
+        if self.mode != "plain":
+            spans = [self._scrubbed(span) for span in spans]
+        return self.inner.export(spans)
+
+    def _scrubbed(self, span: Any) -> Any:
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        from loom.server.observe import logged_user
+
+        raw = (span.attributes or {}).get("metadata")
+        try:
+            metadata = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            return span
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("user_id"), str):
+            return span
+        if (shown := logged_user(metadata["user_id"], self.mode)) is None:
+            del metadata["user_id"]
+        else:
+            metadata["user_id"] = shown
+        return ReadableSpan(name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+                            attributes={**span.attributes, "metadata": json.dumps(metadata)}, events=span.events,
+                            links=span.links, kind=span.kind, status=span.status, start_time=span.start_time,
+                            end_time=span.end_time, instrumentation_scope=span.instrumentation_scope)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)

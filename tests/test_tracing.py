@@ -7,6 +7,8 @@ loopback receiver written here. Needs the `otel` extra (`pip install -e '.[otel]
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,12 +103,13 @@ def attributes(span) -> dict:
 def test_loom_serve_exports_spans_over_otlp_http(llm, tmp_path):
     receiver = OtlpReceiver()
     server = LoomServer(tmp_path, LOOM_LLM_BASE_URL=llm.url, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
-                        OTEL_BSP_SCHEDULE_DELAY="100", OTEL_SERVICE_NAME="loom-test").start()
+                        OTEL_BSP_SCHEDULE_DELAY="100", OTEL_SERVICE_NAME="loom-test",
+                        LOOM_API_KEYS="k-alice=user:alice-4711", LOOM_OPENPIPE_USER_ID="hashed").start()
     try:
         call = {"id": "call_1", "name": "slow_lookup", "arguments": {"seconds": 0}}
         llm.script({"tool_calls": [call]}, {"text": "Done."})
         run_id = new_id()
-        events = server.run("agent", [user(SECRET)], runId=run_id)
+        events = server.run("agent", [user(SECRET)], runId=run_id, headers={"authorization": "Bearer k-alice"})
         assert events[-1]["type"] == "RUN_FINISHED"
         deadline = time.monotonic() + 10
         while not any(s.name == "loom.run" for s in receiver.spans) and time.monotonic() < deadline:
@@ -121,3 +124,7 @@ def test_loom_serve_exports_spans_over_otlp_http(llm, tmp_path):
     assert kinds.count("LLM") == 2 and kinds.count("TOOL") == 1, kinds
     assert {s.trace_id for s in spans} == {root.trace_id}
     assert not any(SECRET in str(a.value) for s in receiver.spans for a in s.attributes)
+    # The user id is shown as LOOM_OPENPIPE_USER_ID says (hashed here), as in the run's log line.
+    metadata = [json.loads(attributes(s)["metadata"]) for s in spans if "metadata" in attributes(s)]
+    assert metadata and {m.get("user_id") for m in metadata} == {hashlib.sha256(b"alice-4711").hexdigest()[:16]}
+    assert not any("alice-4711" in str(a.value) for s in receiver.spans for a in s.attributes)
