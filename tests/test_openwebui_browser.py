@@ -78,6 +78,14 @@ def call(call_id: str, name: str, args: dict) -> dict:
     return {"id": call_id, "name": name, "arguments": args}
 
 
+async def opened_block(chat_page: ChatPage, tool: str, answer: str) -> list[str]:
+    """Opens the answer's block of `tool` and returns its lines as the page shows them, up to the answer text."""
+    await chat_page.click(f"View Result from {tool}", "div, button, span")
+    await chat_page.page.wait_for("document.body.innerText.includes('OUTPUT')", 10, what="the open block")
+    block = (await chat_page.answer_text()).split(f"View Result from {tool}", 1)[1].split(answer)[0]
+    return [line.strip() for line in block.split("\n") if line.strip()]
+
+
 async def test_a_backend_tool_call_shows_as_a_block_with_its_input_and_output(chat_page, llm, shots):
     llm.script({"tool_calls": [call("call_calc", "calculator", {"expression": "23*19"})]},
                {"text": "23 × 19 is 437."})
@@ -87,11 +95,7 @@ async def test_a_backend_tool_call_shows_as_a_block_with_its_input_and_output(ch
     assert "View Result from calculator" in answer
     assert "23 × 19 is 437." in answer and "1 tool call · " in answer
     assert "OUTPUT" not in answer  # the block starts closed
-    await chat_page.click("View Result from calculator", "div, button, span")
-    await chat_page.page.wait_for("document.body.innerText.includes('OUTPUT')", 10, what="the open block")
-    opened = await chat_page.answer_text()
-    block = opened.split("View Result from calculator", 1)[1].split("23 × 19 is 437.")[0]
-    assert [line.strip() for line in block.split("\n") if line.strip()] == [
+    assert await opened_block(chat_page, "calculator", "23 × 19 is 437.") == [
         "INPUT", "expression", "23*19", "OUTPUT", "437"]
     await chat_page.screenshot(shots / "tool-call.png")
 
@@ -109,11 +113,7 @@ async def test_a_chat_tool_runs_in_openwebui_and_shows_its_input_and_output(chat
     await chat_page.send("Weather in Lyon?")
     answer = await chat_page.wait_answer_done()
     assert "View Result from get_weather" in answer and "It is 21°C in Lyon." in answer, answer
-    await chat_page.click("View Result from get_weather", "div, button, span")
-    await chat_page.page.wait_for("document.body.innerText.includes('OUTPUT')", 10, what="the open block")
-    opened = await chat_page.answer_text()
-    block = opened.split("View Result from get_weather", 1)[1].split("It is 21°C in Lyon.")[0]
-    assert [line.strip() for line in block.split("\n") if line.strip()] == [
+    assert await opened_block(chat_page, "get_weather", "It is 21°C in Lyon.") == [
         "INPUT", "city", "Lyon", "OUTPUT", "Lyon: 21°C"]
     offered = [t["function"]["name"] for t in llm.requests()[0]["body"]["tools"]]
     assert "get_weather" in offered  # the tool came from OpenWebUI, through the pipe, to the model
