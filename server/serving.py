@@ -61,6 +61,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, log_le
     try:
         # Runs in flight get the drain's grace (server/shutdown.py); this bounds what is left after it (and Ctrl-C).
         uvicorn.run("loom.server.serving:worker_app", factory=True, host=host, port=port, workers=workers,
+                    http="loom.server.http_protocol:BoundedHeadProtocol",  # 431 while an endless head arrives
                     log_level=log_level, access_log=False, log_config=None if json_logs() else LOGGING_CONFIG,
                     timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5)
     finally:

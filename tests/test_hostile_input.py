@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -158,6 +159,33 @@ def test_every_route_bounds_its_body(guarded, path):
 def test_oversized_headers_are_refused(guarded):
     response = httpx.get(f"{guarded.url}/agents", headers={"authorization": "Bearer " + "k" * 100_000})
     assert response.status_code == 431 and response.json()["error"]["code"] == "headers_too_large"
+
+
+def test_an_endless_header_is_refused_while_it_arrives(guarded):
+    # One header that never ends: the server must answer before the client stops sending, not buffer it all.
+    host, port = guarded.url.removeprefix("http://").split(":")
+    sent, answer = 0, b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /agents HTTP/1.1\r\nhost: loom\r\nx-endless: ")
+        sock.setblocking(False)
+        while sent < 8 * 1024 * 1024 and not answer:
+            try:
+                sock.send(b"a" * 4096)
+                sent += 4096
+            except (BlockingIOError, ConnectionError):  # the server stopped reading: it has answered or closed
+                time.sleep(0.01)
+            try:
+                answer = sock.recv(65536)
+            except BlockingIOError:
+                pass
+        sock.setblocking(True)
+        while b"\r\n\r\n" in answer and not answer.endswith(b"}"):
+            answer += sock.recv(65536) or b"}"
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(body)["error"]["code"] == "headers_too_large"
+    # Refused after ~32 KiB read; what was sent also sits in the two sockets' buffers (a few hundred KiB).
+    assert sent < 2 * 1024 * 1024, sent
 
 
 def test_health_shows_anonymous_callers_no_llm_url(guarded, llm):
