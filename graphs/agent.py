@@ -149,9 +149,11 @@ def _approved(decision: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- edges
+# Edge functions are async (every graph's): LangGraph runs a sync one in its thread pool, a thread hop per
+# routing decision that cost more CPU than the decision itself.
 
 
-def after_model(state: State, runtime: Runtime[Context]) -> str:
+async def after_model(state: State, runtime: Runtime[Context]) -> str:
     frontend = frontend_names(runtime.context or Context())
     calls = getattr(state["messages"][-1], "tool_calls", None) or []
     return "dispatch_tools" if any(c["name"] not in frontend for c in calls) else END

@@ -212,11 +212,11 @@ async def await_approval(state: State, runtime: Runtime[Context]) -> dict:
 # ------------------------------------------------------------------------------------------------- edges
 
 
-def after_send(state: State) -> str:
+async def after_send(state: State) -> str:
     return "read" if state.get("letta_turn") else END
 
 
-def after_read(state: State, runtime: Runtime[Context]) -> str:
+async def after_read(state: State, runtime: Runtime[Context]) -> str:
     if state.get("letta_turn"):
         return "read"
     ctx = runtime.context or Context()

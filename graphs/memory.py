@@ -268,7 +268,7 @@ def _saved_this_turn(state: State) -> bool:
     return False
 
 
-def after_model(state: State, runtime: Runtime[Context]) -> str:
+async def after_model(state: State, runtime: Runtime[Context]) -> str:
     ctx = runtime.context or Context()
     frontend = frontend_names(ctx)
     calls = getattr(state["messages"][-1], "tool_calls", None) or []

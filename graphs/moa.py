@@ -272,7 +272,7 @@ async def aggregate(state: State, runtime: Runtime[Context]) -> dict:
 # ------------------------------------------------------------------------------------------------- edges
 
 
-def fan_out(state: State, runtime: Runtime[Context]) -> list[Send] | str:
+async def fan_out(state: State, runtime: Runtime[Context]) -> list[Send] | str:
     """One Send per proposer of the layer, all with the same prompt; the aggregator once the layers are done."""
     layer = state["layer"]
     if not layer:

@@ -114,7 +114,7 @@ async def run_tool(tool_: BaseTool | None, call: dict, timeout: float,
     return tool_result(call, output if isinstance(output, str) else json.dumps(output, default=str))
 
 
-def after_tools(state: dict, runtime: Runtime) -> str:
+async def after_tools(state: dict, runtime: Runtime) -> str:
     """Back to the model, unless frontend calls are pending: then the run ends and the client runs them."""
     frontend = frontend_names(runtime.context or BaseContext())
     last_ai = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))

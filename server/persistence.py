@@ -26,7 +26,6 @@ async def _sqlite(path: str):
     from pathlib import Path
 
     import aiosqlite
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     from langgraph.store.sqlite.aio import AsyncSqliteStore
 
     if path != ":memory:":
@@ -38,7 +37,7 @@ async def _sqlite(path: str):
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA busy_timeout=5000")
-        saver = AsyncSqliteSaver(saver_conn)
+        saver = _sqlite_saver(saver_conn)
         store = AsyncSqliteStore(store_conn)
         await saver.setup()
         await store.setup()
@@ -66,3 +65,40 @@ async def _postgres(url: str):
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(hashtext('loom_setup'))")
         yield saver, store
+
+
+def _sqlite_saver(conn) -> BaseCheckpointSaver:
+    """LangGraph's AsyncSqliteSaver, with the two calls of every run (read the thread's latest checkpoint, write
+    the new one) made in one trip each to aiosqlite's connection thread instead of 3-4 (cursor, execute, fetch,
+    commit, close).
+
+    Why: each trip wakes that thread and then the event loop; at 15 trips per run those wake-ups were a
+    measurable share of a run's CPU (bench/team.py). The SQL is LangGraph's own: its synchronous SqliteSaver runs
+    on the same sqlite3 connection, in the thread that owns it. Needs aiosqlite's `_execute` (run a function in
+    the connection's thread); without it the stock saver is used as it is.
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    class OneTripSqliteSaver(AsyncSqliteSaver):
+        _sync: SqliteSaver | None = None
+
+        async def setup(self) -> None:
+            await super().setup()
+            if self._sync is None:
+                self._sync = SqliteSaver(self.conn._conn, serde=self.serde)
+                self._sync.is_setup, self._sync._has_task_path = True, self._has_task_path
+
+        async def aget_tuple(self, config):
+            await self.setup()
+            async with self.lock:
+                return await self.conn._execute(self._sync.get_tuple, config)
+
+        async def aput(self, config, checkpoint, metadata, new_versions):
+            await self.setup()
+            async with self.lock:
+                return await self.conn._execute(self._sync.put, config, checkpoint, metadata, new_versions)
+
+    if not callable(getattr(conn, "_execute", None)) or not hasattr(type(conn), "_conn"):
+        return AsyncSqliteSaver(conn)
+    return OneTripSqliteSaver(conn)

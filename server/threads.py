@@ -273,8 +273,9 @@ class SqliteThreads(ThreadRegistry):
                                 (time.time() + self.lease_seconds, json.dumps(lease_ids)))
 
     async def _one(self, sql: str, params: tuple = ()):
-        async with self.conn.execute(sql, params) as cursor:
-            return _first(await cursor.fetchone())
+        # One trip to the connection's thread (execute, fetch and close would be three, each waking it).
+        rows = await self.conn.execute_fetchall(sql, params)
+        return _first(rows[0]) if rows else None
 
 
 def _first(row) -> object | None:
