@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from loom.server.settings import get_settings
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 REQUEST_LINE_ROOM = 16 * 1024  # the request line, ": " and line ends: the guard counts names and values only
 

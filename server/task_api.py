@@ -58,7 +58,8 @@ async def run_task(task: str, body: TaskRequest, request: Request) -> dict:
         task_id = f"task-{uuid.uuid4()}"
         handler = reporter.handler(graph="task", thread_id=task_id, user_id=user_id, run_id=task_id, task=task)
         callbacks = [handler] if handler is not None else []
-    model = chat_model(get_settings().task_model, max_tokens=MAX_TASK_TOKENS).model_copy(update={"streaming": False, "stream_usage": False})
+    model = chat_model(get_settings().task_model, max_tokens=MAX_TASK_TOKENS)
+    model = model.model_copy(update={"streaming": False, "stream_usage": False})
     try:
         answer = await model.ainvoke(messages, config={"callbacks": callbacks})
     except Exception as exc:  # noqa: BLE001 — any model failure is the same answer to the client

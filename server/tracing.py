@@ -6,8 +6,8 @@ span carries `loom.run_id`. Spans go over OTLP/HTTP (protobuf) to the endpoint, 
 from the standard OTEL_* variables itself (headers, timeout, service name through OTEL_SERVICE_NAME).
 
 Prompts and answers stay out of spans unless LOOM_OTEL_CONTENT=true. The user id in the spans' LangChain
-metadata follows LOOM_OPENPIPE_USER_ID, as in the run log line: plain, hashed or off. LangSmith tracing (LANGSMITH_TRACING,
-LANGSMITH_API_KEY, LANGSMITH_PROJECT) is LangChain's own and works alongside, unchanged.
+metadata follows LOOM_OPENPIPE_USER_ID, as in the run log line: plain, hashed or off. LangSmith tracing
+(LANGSMITH_TRACING, LANGSMITH_API_KEY, LANGSMITH_PROJECT) is LangChain's own and works alongside, unchanged.
 """
 
 from __future__ import annotations
@@ -136,9 +136,8 @@ class _UserIdPolicy:
         return self.inner.export(spans)
 
     def _scrubbed(self, span: Any) -> Any:
-        from opentelemetry.sdk.trace import ReadableSpan
-
         from loom.server.observe import logged_user
+        from opentelemetry.sdk.trace import ReadableSpan
 
         raw = (span.attributes or {}).get("metadata")
         try:

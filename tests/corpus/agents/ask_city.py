@@ -19,7 +19,8 @@ def ask(state: State) -> dict:
 
 async def answer(state: State) -> dict:
     units = f" Units: {state['units']}." if state.get("units") else ""
-    reply = await model.ainvoke([*state["messages"], {"role": "user", "content": f"The city is {state['city']}.{units}"}])
+    told = f"The city is {state['city']}.{units}"
+    reply = await model.ainvoke([*state["messages"], {"role": "user", "content": told}])
     return {"messages": [reply]}
 
 
