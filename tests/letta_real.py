@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 from letta_client import Letta
 
+from tests.conftest import LoomServer
 from tests.letta_rig import LettaRig, missing_system_parts
 from tests.llm_process import LLMServer
 
@@ -20,6 +21,7 @@ KEY = "letta-real-key"
 MODEL = "openai-proxy/mock-model"  # Letta's handle for a model of an OpenAI-compatible server at a custom URL
 EMBEDDING = "openai/text-embedding-3-small"  # served by the scripted LLM server (`/v1/embeddings`)
 REQUIRE = os.environ.get("LOOM_TEST_REQUIRE_LETTA") == "1"
+DEAD_LLM = "http://127.0.0.1:9/v1"  # the letta graph never calls loom's own LLM
 
 
 @dataclass
@@ -40,6 +42,17 @@ class RealLetta:
         for tool in approval_tools:
             client.agents.tools.update_approval(tool, agent_id=agent.id, body_requires_approval=True)
         return agent.id
+
+    def user_texts(self, conversation_id: str) -> list[str]:
+        """The user messages the server holds for a conversation, oldest first."""
+        items = self.client().conversations.messages.list(conversation_id, order="asc", limit=100).items
+        return [m.content for m in items if m.message_type == "user_message"]
+
+
+def loom_for(tmp, letta_url: str, agent_id: str) -> LoomServer:
+    """loom serving the `letta` graph against the Letta server (or a proxy in front of it) at `letta_url`."""
+    return LoomServer(tmp, LOOM_LLM_BASE_URL=DEAD_LLM, LOOM_LETTA_BASE_URL=letta_url, LOOM_LETTA_API_KEY=KEY,
+                      LOOM_LETTA_AGENT_ID=agent_id, LOOM_LETTA_MAX_RETRIES="1", LOOM_LETTA_TIMEOUT="30").start()
 
 
 def _unavailable(reason: str) -> None:

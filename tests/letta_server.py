@@ -2,25 +2,31 @@
 
 The real Letta server runs in tests/test_letta_real.py (tests/letta_rig.py); this stand-in, which follows the
 real server's wire (tests/letta_wire.py checks both), serves the fast tests and what the real server cannot be made
-to do on demand: 409/429/5xx before the stream, cut or truncated streams, a hung stream, scripted stop reasons.
+to do on demand: 409/429/5xx before the stream, cut or truncated streams, a hung stream, scripted stop reasons
+(for 5xx and lost responses, tests/test_letta_real_faults.py puts a fault proxy in front of the real server).
 The tests drive the real `letta-client` against it. Run it::
 
     python -m tests.letta_server --port 8283 [--api-key K]
 
 Letta API (the parts loom uses): health; agents create/retrieve/list (tags, match_all_tags, name);
 conversations create (`?agent_id=`, 404 for an unknown agent), retrieve, cancel, messages list (desc/asc, limit),
-messages create (SSE when `streaming`); an agent's archival memory (create, list with after/limit/ascending,
-delete, search). `Authorization: Bearer K` is required on /v1/* when --api-key is set (401 otherwise).
+messages create (SSE when `streaming`); runs list (conversation_id, agent_id, active, order, limit); an agent's
+archival memory (create, list with after/limit/ascending, delete, search). `Authorization: Bearer K` is required
+on /v1/* when --api-key is set (401 otherwise).
 
 Control (no auth): ``POST /_script {"responses": [turn, ...]}`` appends turns to a FIFO that message requests pop;
 ``POST /_reset`` (``{"log_only": true}``: only scripts and log); ``GET /_requests`` lists records ``{id, method,
 path, query, body, status, outcome}`` where outcome is "ok" | "error" | "cut" | "disconnected" (the client left
-first) | None while streaming; ``GET /_state`` returns agents, conversations (with their messages) and passages.
+first) | None while streaming; ``GET /_state`` returns agents, conversations (with their messages), runs and
+passages.
 
 A turn (all keys optional)::
 
-    status, detail, retry_after, accept   fail before the stream with this HTTP status; with accept the input is
-                                          stored first (the ambiguous case: the server took the message)
+    status, detail, retry_after, accept   fail before the stream with this HTTP status; with accept the server
+                                          took the message and only its response was lost (the ambiguous case):
+                                          as on Letta, the run goes on without its client for accept_ms
+                                          (default 300), the conversation busy, and stores the input as its
+                                          first step ends
     steps: [item, ...]                    streamed in order, see below
     stop                                  stop reason (default end_turn, requires_approval after an approval)
     usage                                 usage_statistics fields (a default is computed)
@@ -72,7 +78,9 @@ class App:
         self.agents: dict[str, dict] = {}
         self.conversations: dict[str, dict] = {}
         self.passages: dict[str, list[dict]] = {}
+        self.runs: list[dict] = []
         self.queue: deque = deque()
+        self.background: set[asyncio.Task] = set()
         self.log: list[dict] = []
 
     async def __call__(self, scope, receive, send):
@@ -112,7 +120,7 @@ class App:
             return await _json(send, None, 200, self.log)
         elif method == "GET" and path == "/_state":
             return await _json(send, None, 200, {"agents": self.agents, "conversations": self.conversations,
-                                                  "passages": self.passages})
+                                                  "runs": self.runs, "passages": self.passages})
         else:
             return await _json(send, None, 404, {"detail": f"no route {method} {path}"})
         await _json(send, None, 200, {"ok": True})
@@ -182,12 +190,42 @@ class App:
                 return await _json(send, rec, 200, messages[: int(query.get("limit", 100))])
             case "POST", ["conversations", conv_id, "messages"]:
                 return await self._turn(self.conversations[conv_id], req, rec, receive, send)
+            case "GET", ["runs"]:
+                return await _json(send, rec, 200, self._list_runs(query))
         await _json(send, rec, 404, {"detail": f"no route {method} {path}"})
 
     def _agent(self, agent_id: str) -> dict:
         if agent_id not in self.agents:
             raise KeyError(f"agent {agent_id}")
         return self.agents[agent_id]
+
+    def _list_runs(self, query: dict) -> list[dict]:
+        keys = ("conversation_id", "agent_id")
+        out = [r for r in self.runs if all(not query.get(k) or r[k] == query[k] for k in keys)]
+        if query.get("active") == "true":
+            out = [r for r in out if r["status"] in ("created", "running")]
+        return (out if query.get("order") == "asc" else out[::-1])[: int(query.get("limit") or 100)]
+
+    def _new_run(self, conv: dict) -> dict:
+        run = {"id": letta_id("run"), "agent_id": conv["agent_id"], "conversation_id": conv["id"],
+               "status": "running", "stop_reason": None, "created_at": now_iso()}
+        self.runs.append(run)
+        conv["busy"] = run["id"]
+        return run
+
+    def _accepted(self, conv: dict, inputs: list[dict], seconds: float) -> None:
+        """A run whose response was lost: it finishes on its own, storing the input when its first step ends."""
+        run = self._new_run(conv)
+
+        async def finish() -> None:
+            await asyncio.sleep(seconds)
+            self._store_inputs(conv, inputs)
+            run.update(status="completed", stop_reason="end_turn")
+            conv["busy"] = False
+
+        task = asyncio.ensure_future(finish())
+        self.background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self.background.discard)
 
     def _list_agents(self, query: dict) -> list[dict]:
         tags = query.get("tags") or []
@@ -212,7 +250,7 @@ class App:
             turn = self.queue.popleft() if self.queue else default_turn(inputs)
         if turn.get("status"):
             if turn.get("accept"):
-                self._store_inputs(conv, inputs)
+                self._accepted(conv, inputs, (turn.get("accept_ms") or 300) / 1000)
             headers = [(b"retry-after", str(turn["retry_after"]).encode())] if "retry_after" in turn else []
             return await _json(send, rec, turn["status"], {"detail": turn.get("detail") or "scripted error"},
                                headers)
@@ -221,9 +259,8 @@ class App:
             conv["pending"] = []
         if not req.get("streaming"):
             return await _json(send, rec, 400, {"detail": "the stand-in only streams"})
-        run_id = letta_id("run")
-        conv["busy"] = run_id
-        task = asyncio.ensure_future(self._stream(conv, turn, run_id, rec, send))
+        run = self._new_run(conv)
+        task = asyncio.ensure_future(self._stream(conv, turn, run["id"], rec, send))
         watch = asyncio.ensure_future(receive())  # the body is read: this only returns when the client leaves
         try:
             done, _ = await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
@@ -236,6 +273,7 @@ class App:
                 await asyncio.wait((task,))
         finally:
             conv["busy"] = False
+            run["status"] = "cancelled" if rec["outcome"] == "disconnected" else "completed"
 
     def _store_inputs(self, conv, inputs) -> None:
         for m in inputs:

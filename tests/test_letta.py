@@ -335,14 +335,17 @@ def test_retried_send_carries_the_same_otid_and_lands_once(loom, letta_srv, fail
 
 
 def test_a_message_that_may_have_been_accepted_is_not_sent_twice(loom, letta_srv):
-    letta_srv.script({"status": 500, "detail": "gateway lost the response", "accept": True},
+    # As on Letta, the run goes on after the lost response and stores the message only as its first step ends.
+    letta_srv.script({"status": 500, "detail": "gateway lost the response", "accept": True, "accept_ms": 600},
                      {"steps": [{"assistant": "A second answer."}]})
     events = loom.run("letta", [user("only once")])
     message = assert_run_error(events, "LETTA_SERVER_ERROR")
     assert "did not send it again" in message
-    [attempt] = sends(letta_srv)  # the conversation was checked instead
-    conversation = letta_srv.state()["conversations"][attempt["path"].split("/")[3]]
+    [attempt] = sends(letta_srv)  # the conversation was checked instead, once its run had ended
+    state = letta_srv.state()
+    conversation = state["conversations"][attempt["path"].split("/")[3]]
     assert [m["content"] for m in conversation["messages"] if m["message_type"] == "user_message"] == ["only once"]
+    assert letta_srv.requests("/v1/runs", "GET")  # loom asked whether a run was still going
 
 
 # ------------------------------------------------------------------------------------------------ disconnect

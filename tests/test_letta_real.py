@@ -13,7 +13,7 @@ import pytest
 
 from tests.agui_js import run_agui_client
 from tests.conftest import LoomServer, new_id, text_of, user
-from tests.letta_real import KEY
+from tests.letta_real import DEAD_LLM, KEY, loom_for
 from tests.letta_wire import (
     assert_call_frames,
     assert_cancelled_stream,
@@ -27,8 +27,6 @@ from tests.letta_wire import (
 from tests.test_agui_clients import WEATHER, assert_clean
 from tests.test_letta import assert_nothing_overlaps, assert_run_error, of_type
 
-DEAD_LLM = "http://127.0.0.1:9/v1"  # the letta graph never calls loom's own LLM
-
 
 @pytest.fixture(scope="module")
 def agent_id(real_letta) -> str:
@@ -37,20 +35,13 @@ def agent_id(real_letta) -> str:
 
 @pytest.fixture(scope="module")
 def loom(real_letta, agent_id, tmp_path_factory):
-    server = LoomServer(tmp_path_factory.mktemp("loom-real-letta"), LOOM_LLM_BASE_URL=DEAD_LLM,
-                        LOOM_LETTA_BASE_URL=real_letta.url, LOOM_LETTA_API_KEY=KEY, LOOM_LETTA_AGENT_ID=agent_id,
-                        LOOM_LETTA_MAX_RETRIES="1", LOOM_LETTA_TIMEOUT="30").start()
+    server = loom_for(tmp_path_factory.mktemp("loom-real-letta"), real_letta.url, agent_id)
     yield server
     server.stop()
 
 
 def conversations_of(real_letta, agent_id: str) -> list[str]:
     return [c.id for c in real_letta.client().conversations.list(agent_id=agent_id)]
-
-
-def user_texts(real_letta, conversation_id: str) -> list[str]:
-    items = real_letta.client().conversations.messages.list(conversation_id, order="asc", limit=100).items
-    return [m.content for m in items if m.message_type == "user_message"]
 
 
 def test_reasoning_server_tool_text_and_usage(loom, real_letta):
@@ -84,14 +75,14 @@ def test_one_conversation_per_thread_and_a_deleted_one_is_replaced(loom, real_le
     history = [first, {"id": message_id, "role": "assistant", "content": "echo: a1"}]
     before = set(conversations_of(real_letta, agent_id))
     assert text_of(loom.run("letta", [*history, user("a2")], thread)) == "echo: a2"
-    [conversation] = [c for c in before if user_texts(real_letta, c) == ["a1", "a2"]]
+    [conversation] = [c for c in before if real_letta.user_texts(c) == ["a1", "a2"]]
     listed = real_letta.client().conversations.messages.list(conversation, order="asc", limit=100).items
     assert listed[0].message_type == "system_message"  # the real server lists the system prompt too
     deleted = real_letta.client().conversations.delete(conversation)
     assert deleted is None  # body `null`
     assert text_of(loom.run("letta", [*history, user("a3")], thread)) == "echo: a3"
     [replacement] = set(conversations_of(real_letta, agent_id)) - before
-    assert user_texts(real_letta, replacement) == ["a3"]
+    assert real_letta.user_texts(replacement) == ["a3"]
 
 
 @pytest.mark.parametrize("decision, payload, approve", [

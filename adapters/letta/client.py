@@ -6,7 +6,9 @@ retries itself (exponential backoff with full jitter, `retry-after` honoured):
 
 - failures where Letta certainly did not take the message (no connection, 429, 409 busy) are retried;
 - ambiguous ones (5xx, a connection dropped or a read timeout before the stream) are retried only after the
-  conversation's recent messages show that no message with our `otid` arrived;
+  conversation's recent messages show that no message with our `otid` arrived. Letta stores a turn's input only
+  when the turn's first step ends (a lost response usually means a run still going), so the check first waits
+  for the conversation's active runs to end;
 - every attempt carries the same `otid`s, derived from the AG-UI message ids. Letta stores a message sent twice
   with the same otid twice (it does not deduplicate by otid), so the check above is what prevents a double send;
   the otid is what the check looks for.
@@ -31,6 +33,7 @@ _OTID_NAMESPACE = uuid.UUID("5b0f3c52-3f0e-4d3e-9a6c-6c6f6f6d6c74")
 _backoff = wait_random_exponential(multiplier=0.5, max=8)
 _clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _background: set[asyncio.Task] = set()
+_SETTLE_POLL = 0.25  # seconds between looks at a conversation's active runs
 
 
 def letta(base_url: str | None = None, api_key: str | None = None) -> AsyncLetta:
@@ -96,9 +99,18 @@ def _ambiguous(exc: letta_client.APIError) -> bool:
     return isinstance(exc, letta_client.APIConnectionError)
 
 
-async def _arrived(client: AsyncLetta, conversation_id: str, otids: set[str]) -> bool:
-    """Whether a message with one of our otids is in the conversation. Unknown counts as yes: never resend blind."""
+async def _arrived(client: AsyncLetta, conversation_id: str, otids: set[str], settle: float) -> bool:
+    """Whether a message with one of our otids is in the conversation. Unknown counts as yes: never resend blind.
+
+    A run still active in the conversation may hold the message without having stored it yet (Letta stores the
+    input when the first step ends, and finishes a run whose client left): wait up to `settle` seconds for it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle
     try:
+        while (await client.runs.list(conversation_id=conversation_id, active=True, limit=1)).items:
+            if loop.time() >= deadline:
+                return True
+            await asyncio.sleep(_SETTLE_POLL)
         page = await client.conversations.messages.list(conversation_id, order="desc", limit=20)
     except letta_client.APIError:
         return True
@@ -123,7 +135,7 @@ async def send_turn(client: AsyncLetta, conversation_id: str, messages: list[dic
                 record_letta("retry")
                 raise _Retry(exc) from exc
             if _ambiguous(exc):
-                if not await _arrived(client, conversation_id, otids):
+                if not await _arrived(client, conversation_id, otids, settle=letta_settings().letta_timeout):
                     record_letta("retry")
                     raise _Retry(exc) from exc
                 error = from_letta(exc, base_url=str(client.base_url), agent_id=agent_id, what="message")
