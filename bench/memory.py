@@ -73,10 +73,10 @@ def ms(seconds: float) -> float:
 
 async def search_latency(db: Path, n: int, queries: int) -> dict:
     from langgraph.store.sqlite.aio import AsyncSqliteStore
+
     from loom.graphs.memory_search import LocalEmbedder
     from loom.graphs.memory_store import MemoryLimits
     from loom.graphs.memory_store_backend import StoreMemoryBackend
-
     from tests.memory_quality_set import QUERIES
 
     embedder = LocalEmbedder()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+
 from loom.server.serving import worker_app
 from loom.server.threads import ThreadRegistry
 

@@ -14,6 +14,8 @@ from langgraph.errors import GraphInterrupt
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
+from pydantic import Field
+
 from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
 from loom.graphs.demo_model import demo_tools
@@ -29,7 +31,6 @@ from loom.graphs.toolloop import (
     turn_iterations,
 )
 from loom.graphs.tools import all_tools, needs_confirmation
-from pydantic import Field
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Use the tools when they give a more reliable answer than you could "

@@ -28,13 +28,14 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
+from pydantic import Field
+
 from loom.adapters.letta.chat_model import LettaChatModel
 from loom.adapters.letta.client import create_conversation, letta, otid, send_turn
 from loom.adapters.letta.config import letta_settings
 from loom.adapters.letta.errors import LettaAgentNotFound, LettaNotFound, LettaStreamError
 from loom.adapters.letta.stream import LettaTurn, unpark
 from loom.graphs.context import BaseContext
-from pydantic import Field
 
 # ------------------------------------------------------------------------------------------------- context
 

@@ -14,11 +14,12 @@ from typing import Any
 import openai
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
+from openai._base_client import make_request_options
+from pydantic import model_validator
+
 from loom.graphs.config import graph_settings
 from loom.graphs.limits import current_budget
 from loom.graphs.local_llm import LocalLLM, start_local_llm
-from openai._base_client import make_request_options
-from pydantic import model_validator
 
 # The embedded demo model (graphs/local_llm.py) is a base model with no turn structure of its own: it
 # continues the transcript until stopped client-side.

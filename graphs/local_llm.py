@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
 from loom.graphs.config import DEMO_MODEL
 
 log = logging.getLogger("loom.local_llm")

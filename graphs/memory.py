@@ -31,6 +31,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime, get_runtime
+from pydantic import Field
+
 from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, SamplingContext, client_context_prompt
 from loom.graphs.demo_model import memory_extraction_messages, memory_extraction_schema
@@ -46,7 +48,6 @@ from loom.graphs.toolloop import (
     run_tool,
     turn_iterations,
 )
-from pydantic import Field
 
 log = logging.getLogger("loom.memory")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from loom.graphs.config import graph_settings
 
 log = logging.getLogger("loom.memory")

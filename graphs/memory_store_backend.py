@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 from langgraph.store.base import PutOp
+
 from loom.graphs.memory_search import MIN_SIMILARITY, SEMANTIC_CANDIDATES, UserIndex, embedder, pack, ranked, rrf
 from loom.graphs.memory_store import (
     Memory,

@@ -33,14 +33,15 @@ from langgraph.constants import TAG_NOSTREAM
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
+from pydantic import Field
+from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
+from typing_extensions import TypedDict  # not typing's: pydantic (Studio's schemas) needs this before 3.12
+
 from loom.graphs.config import graph_settings
 from loom.graphs.context import BaseContext, client_context_prompt
 from loom.graphs.errors import classify
 from loom.graphs.llm import chat_model
 from loom.graphs.telemetry import record_moa
-from pydantic import Field
-from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
-from typing_extensions import TypedDict  # not typing's: pydantic (Studio's schemas) needs this before 3.12
 
 PROPOSER_EVENT, LAYER_EVENT, FALLBACK_EVENT = "loom.moa.proposer", "loom.moa.layer", "loom.moa.fallback"
 

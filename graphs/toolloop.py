@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemM
 from langchain_core.tools import BaseTool
 from langgraph.graph import END
 from langgraph.runtime import Runtime
+
 from loom.graphs.context import BaseContext
 from loom.graphs.telemetry import counted_by_loom, record_tool
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from ag_ui.core import RunAgentInput
+
 from loom.server.observe import refused
 from loom.server.registry import GraphEntry
 from loom.server.runs import PreparedRun, prepare_run

@@ -13,6 +13,9 @@ from ag_ui.core import RunAgentInput
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
 from loom.adapters.agui.bounds import check_ids, check_tree
 from loom.adapters.agui.inbound import InputError, user_from_props
 from loom.adapters.openpipe.reporter import Reporter
@@ -37,8 +40,6 @@ from loom.server.shutdown import Drain
 from loom.server.sse import EventStreamResponse
 from loom.server.task_api import router as task_router
 from loom.server.threads import open_threads
-from pydantic import ValidationError
-from starlette.exceptions import HTTPException
 
 log = logging.getLogger("loom.server")
 
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def openwebui_pipe(request: Request):
         """The OpenWebUI pipe, its loom URL LOOM_PUBLIC_URL (never the request's Host header). No key needed."""
         from fastapi.responses import PlainTextResponse
+
         from loom.adapters.openwebui.bundle import render_pipe
 
         return PlainTextResponse(render_pipe(settings.served_url),

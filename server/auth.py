@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
+
 from loom.server.settings import Settings
 
 

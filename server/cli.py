@@ -9,9 +9,10 @@ import os
 import uuid
 
 import typer
-from loom.server.settings import get_settings, reload_settings
 from rich.console import Console
 from rich.markup import escape
+
+from loom.server.settings import get_settings, reload_settings
 
 app = typer.Typer(help="loom: LangGraph agents as AG-UI endpoints and OpenWebUI models.", no_args_is_help=True)
 console = Console()
@@ -155,6 +156,7 @@ def pipe(
 
 async def _chat(graph: str, message: str, thread_id: str, show_events: bool) -> None:
     from ag_ui.core import RunAgentInput
+
     from loom.graphs.llm import close_http_clients
     from loom.server.persistence import open_persistence
     from loom.server.registry import compile_all

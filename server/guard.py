@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 
 from fastapi import HTTPException
-from loom.server.auth import authenticate
-from loom.server.settings import Settings
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loom.server.auth import authenticate
+from loom.server.settings import Settings
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # The OpenAI-compatible API authenticates before reading its body itself, answering in OpenAI's error shape.

@@ -8,6 +8,7 @@ Who: the same rules as /memories and datasets; another user's thread is 404 like
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+
 from loom.adapters.agui.messages import to_agui
 from loom.server.memory_api import _user
 from loom.server.openpipe_api import _thread

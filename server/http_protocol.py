@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 
-from loom.server.settings import get_settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from loom.server.settings import get_settings
 
 REQUEST_LINE_ROOM = 16 * 1024  # the request line, ": " and line ends: the guard counts names and values only
 

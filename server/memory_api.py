@@ -17,11 +17,12 @@ With no keys configured (loopback only) the user is `X-Loom-User` or "local". Er
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from pydantic import BaseModel, Field
+
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_store import MemoryBackend, MemoryStoreError
 from loom.server.auth import authenticate, resolve_user
 from loom.server.settings import get_settings
-from pydantic import BaseModel, Field
 
 router = APIRouter(prefix="/memories", tags=["memories"])
 

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from loom.graphs import telemetry
 from loom.server.auth import _error, authenticate
 from loom.server.settings import Settings
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("loom.run")
 

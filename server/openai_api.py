@@ -16,6 +16,8 @@ from contextlib import aclosing
 from ag_ui.core import RunAgentInput
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
 from loom.adapters.agui.inbound import InputError
 from loom.adapters.openai.inbound import RequestError, chat_request, model_of, named_user, thread_hint
 from loom.adapters.openai.outbound import DONE, ChunkTranslator, error_body, run_error_status
@@ -26,7 +28,6 @@ from loom.server.registry import GraphEntry
 from loom.server.runs import stream_run
 from loom.server.sse import EventStreamResponse
 from loom.server.threads import ThreadNotFound, not_found
-from pydantic import ValidationError
 
 router = APIRouter()
 STARTED = int(time.time())  # models' `created`: graphs exist from start-up on

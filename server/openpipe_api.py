@@ -16,13 +16,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
 from loom.adapters.openpipe.client import OpenPipeAuthError, OpenPipeClient, OpenPipeError
 from loom.adapters.openpipe.datasets import thread_entries
 from loom.adapters.openpipe.reporter import current
 from loom.graphs.text_checks import valid_id
 from loom.server.memory_api import _user
 from loom.server.threads import ThreadNotFound, not_found
-from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["openpipe"])
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph, StateGraph
 from langgraph.pregel import Pregel
+
 from loom.adapters.agui.context import context_json_schema
 from loom.adapters.agui.state import SharedKeys
 from loom.server.graph_loading import Factory, add_dependencies, apply_env, load_target

@@ -13,6 +13,7 @@ from typing import Any
 
 from ag_ui.core import RunAgentInput
 from langgraph.types import Command
+
 from loom.adapters.agui.context import ContextError, configurable_values
 from loom.adapters.agui.inbound import InputError, graph_messages, needs_answer, resume_command, runtime_context
 from loom.adapters.agui.outbound import RunTranslator

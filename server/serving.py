@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 from fastapi import FastAPI
+
 from loom.server.settings import Settings
 
 LOG_LEVEL_ENV = "LOOM_LOG_LEVEL"

@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from loom.adapters.letta.config import LettaSettings, letta_settings
-from loom.graphs.config import GraphSettings, graph_settings
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
+
+from loom.adapters.letta.config import LettaSettings, letta_settings
+from loom.graphs.config import GraphSettings, graph_settings
 
 
 @dataclass(frozen=True)

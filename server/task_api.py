@@ -17,12 +17,13 @@ import uuid
 
 from fastapi import APIRouter, HTTPException, Request
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel, Field
+
 from loom.adapters.openpipe.reporter import current as openpipe_reporter
 from loom.adapters.openpipe.reporter import opted_out
 from loom.graphs.llm import chat_model
 from loom.server.memory_api import _user
 from loom.server.settings import get_settings
-from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["tasks"])
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

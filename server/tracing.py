@@ -136,8 +136,9 @@ class _UserIdPolicy:
         return self.inner.export(spans)
 
     def _scrubbed(self, span: Any) -> Any:
-        from loom.server.observe import logged_user
         from opentelemetry.sdk.trace import ReadableSpan
+
+        from loom.server.observe import logged_user
 
         raw = (span.attributes or {}).get("metadata")
         try:

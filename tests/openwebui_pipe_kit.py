@@ -12,8 +12,8 @@ import uuid
 from contextlib import asynccontextmanager
 
 import pytest
-from loom.adapters.openwebui.pipe import Pipe
 
+from loom.adapters.openwebui.pipe import Pipe
 from tests.conftest import LoomServer, new_id
 
 PROXY_KEY = "pipe-proxy-key"

@@ -9,6 +9,7 @@ from ag_ui.core import RunAgentInput
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, ToolMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from langgraph.types import Interrupt
+
 from loom.adapters.agui.inbound import (
     InputError,
     graph_messages,

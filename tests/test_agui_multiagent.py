@@ -4,9 +4,9 @@ message once; and the client's copy of a sub-agent's messages not mistaken for a
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+
 from loom.adapters.agui.inbound import reconcile
 from loom.adapters.agui.outbound import RunTranslator
-
 from tests.test_agui_outbound import run, task_end, task_start
 
 EXPERT_NS = ("research_expert:t1",)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from ag_ui.core import Event
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from pydantic import TypeAdapter
+
 from loom.adapters.agui.outbound import RunTranslator
 from loom.server.runs import encode
-from pydantic import TypeAdapter
 
 GOLDEN = Path(__file__).parent / "golden"
 EVENT = TypeAdapter(Event)

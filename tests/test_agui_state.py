@@ -8,6 +8,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.managed import RemainingSteps
+
 from loom.adapters.agui.state import MAX_VALUE_BYTES, SharedKeys, StateError, StateSync
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from loom.adapters.openwebui.pipe import Pipe
 
+from loom.adapters.openwebui.pipe import Pipe
 from tests.conftest import LoomServer
 from tests.test_agui_clients import tool_call
 from tests.test_corpus import CORPUS, CORPUS_GRAPHS

@@ -8,8 +8,8 @@ import json
 
 import httpx
 import pytest
-from loom.graphs.tools import evaluate
 
+from loom.graphs.tools import evaluate
 from tests.conftest import LoomServer, event_types, user
 
 

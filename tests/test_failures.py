@@ -191,9 +191,10 @@ def test_concurrent_run_on_a_busy_thread_is_refused(loom_sqlite, llm):
 def test_open_server_refuses_non_loopback_clients():
     """Without LOOM_API_KEYS loom only serves this machine (checked on the request's peer address)."""
     from fastapi import HTTPException
+    from starlette.requests import Request
+
     from loom.server.auth import authenticate
     from loom.server.settings import Settings
-    from starlette.requests import Request
 
     def request_from(host: str) -> Request:
         return Request({"type": "http", "method": "POST", "path": "/", "headers": [], "client": (host, 5000)})

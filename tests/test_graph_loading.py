@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from loom.server.registry import BUILTIN_GRAPHS, GraphLoadError, load_builders
 
+from loom.server.registry import BUILTIN_GRAPHS, GraphLoadError, load_builders
 from tests.conftest import BIN, REPO
 from tests.llm_server import free_port
 

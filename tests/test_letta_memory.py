@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 from letta_client import Letta
+
 from loom.adapters.letta.memory import LettaMemoryBackend
 from loom.graphs.memory_store import (
     MemoryBackendUnavailable,
@@ -19,7 +20,6 @@ from loom.graphs.memory_store import (
     MemorySearchDisabled,
     MemoryStoreError,
 )
-
 from tests.conftest import LoomServer
 from tests.letta_server import LettaServer
 

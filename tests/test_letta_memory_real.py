@@ -8,10 +8,10 @@ import uuid
 
 import httpx
 import pytest
+
 from loom.adapters.letta.config import letta_settings
 from loom.adapters.letta.memory import LettaMemoryBackend
 from loom.graphs.memory_store import MemoryBackendUnavailable, MemoryLimitExceeded, MemoryLimits, MemoryNotFound
-
 from tests.conftest import LoomServer
 from tests.letta_real import EMBEDDING, KEY, MODEL
 

@@ -14,6 +14,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
+
 from loom.graphs.config import DEMO_MODEL
 from loom.graphs.llm import DEMO_STOP
 from loom.graphs.local_llm import LocalModelUnavailable, start_local_llm

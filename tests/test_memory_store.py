@@ -14,6 +14,7 @@ import uuid
 import pytest
 from langgraph.store.postgres.aio import AsyncPostgresStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
+
 from loom.graphs.memory_backend import memory_backend
 from loom.graphs.memory_search import EndpointEmbedder, LocalEmbedder
 from loom.graphs.memory_store import (
@@ -26,7 +27,6 @@ from loom.graphs.memory_store import (
     MemoryStoreError,
 )
 from loom.graphs.memory_store_backend import StoreMemoryBackend, namespace_label
-
 from tests.conftest import POSTGRES_URL
 from tests.memory_quality_set import MEMORIES, QUERIES
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+
 from loom.graphs.moa import AGGREGATOR_PROMPT, Context, Proposer, _selected
 from loom.server.persistence import open_persistence
-
 from tests.agui_js import run_agui_client
 from tests.conftest import assistant_messages, new_id, text_of, user
 from tests.metrics_scrape import delta, scrape

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
 from loom.adapters.openai import confirm
 from loom.adapters.openai.inbound import RequestError, agui_messages, chat_request, thread_hint
 from loom.adapters.openai.outbound import ChunkTranslator, usage_of

@@ -12,6 +12,7 @@ import asyncio
 import httpx
 import pytest
 from letta_client import Letta
+
 from loom.adapters.openpipe.client import (
     OpenPipeAuthError,
     OpenPipeClient,
@@ -20,7 +21,6 @@ from loom.adapters.openpipe.client import (
     OpenPipeUnreachable,
 )
 from loom.adapters.openwebui import action as action_module
-
 from tests.conftest import LoomServer, new_id, user
 from tests.letta_server import LettaServer
 from tests.llm_server import free_port

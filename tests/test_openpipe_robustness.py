@@ -106,6 +106,7 @@ def test_settings_choose_what_is_reported():
     from types import SimpleNamespace
 
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
     from loom.adapters.openpipe.reporter import build_report
 
     def call(**extra) -> dict:

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from loom.adapters.openwebui.pipe import Pipe
 
+from loom.adapters.openwebui.pipe import Pipe
 from tests.conftest import new_id
 from tests.openwebui_pipe_kit import (
     PROXY_KEY,

@@ -8,9 +8,9 @@ import asyncio
 import json
 
 import pytest
+
 from loom.adapters.openwebui.pipe import Pipe
 from loom.adapters.openwebui.transport import backoff_delay
-
 from tests.conftest import new_id
 from tests.openwebui_pipe_kit import (
     STARTED,

@@ -10,8 +10,8 @@ import uuid
 
 import httpx
 import pytest
-from loom.adapters.openwebui.bundle import REWRITTEN, PipeRenderError, check_pipe, render_pipe
 
+from loom.adapters.openwebui.bundle import REWRITTEN, PipeRenderError, check_pipe, render_pipe
 from tests.conftest import BIN, REPO
 from tests.openwebui_pipe_kit import PROXY_KEY, Emitter, a_user, block, call, chat, u
 from tests.openwebui_pipe_kit import pipe_loom as pipe_loom_fixture

@@ -8,7 +8,6 @@ import asyncio
 from loom.adapters.openwebui import history, render
 from loom.adapters.openwebui.pipe import Pipe
 from loom.adapters.openwebui.turn import Turn
-
 from tests.openwebui_pipe_kit import Emitter, a, u
 
 

@@ -1,6 +1,7 @@
 """Built-in tools: exact arithmetic without eval, time zones, unit conversion."""
 
 import pytest
+
 from loom.graphs.tools import all_tools, calculator, convert_units, current_time, evaluate
 
 

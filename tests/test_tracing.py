@@ -19,10 +19,10 @@ pytest.importorskip("openinference.instrumentation.langchain", reason="the otel 
 
 from langchain_core.tools import tool  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
-from loom.server import tracing  # noqa: E402
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
+from loom.server import tracing  # noqa: E402
 from tests.conftest import LoomServer, new_id, user  # noqa: E402
 
 SECRET = "my passport number is 4711"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ag_ui.core import RunAgentInput
+
 from loom.adapters.agui.inbound import InputError
 from loom.graphs.text_checks import MAX_ID_LENGTH, NOT_TEXT, valid_id
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import typing_extensions
 from ag_ui.core import RunAgentInput
-from loom.graphs.context import SERVER_FIELDS
 from pydantic import BaseModel, TypeAdapter
+
+from loom.graphs.context import SERVER_FIELDS
 
 # configurable keys LangGraph or loom set per run; a client setting them would take over the thread or user.
 RESERVED_CONFIGURABLE = frozenset({"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id",

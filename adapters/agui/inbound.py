@@ -8,11 +8,12 @@ from ag_ui.core import RunAgentInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage, ToolMessage
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
+from pydantic import TypeAdapter, ValidationError
+
 from loom.adapters.agui.context import ContextError, context_fields, context_overrides, pydantic_type
 from loom.adapters.agui.interrupts import agui_interrupts, is_agui_form, plain_answer
 from loom.adapters.agui.messages import MessageError, to_langchain
 from loom.graphs.context import SERVER_FIELDS
-from pydantic import TypeAdapter, ValidationError
 
 
 class InputError(ValueError):

@@ -26,6 +26,7 @@ from typing import Any
 
 from ag_ui.core.token_usage import aggregate_token_usage, token_usage_from_langchain_metadata
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+
 from loom.adapters.agui.interrupts import agui_interrupts
 from loom.adapters.agui.messages import reasoning_id, text_of, to_agui
 

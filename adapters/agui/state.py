@@ -19,9 +19,10 @@ from typing import Any
 import jsonpatch
 from langgraph.graph.state import StateGraph
 from langgraph.managed.base import is_managed_value
-from loom.adapters.agui.outbound import _event
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
+
+from loom.adapters.agui.outbound import _event
 
 MAX_VALUE_BYTES = 64 * 1024  # a shared value larger than this (JSON) is left out of the client's view
 

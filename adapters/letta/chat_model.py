@@ -16,8 +16,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import agenerate_from_stream
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from loom.adapters.letta.stream import LettaTurn
 from pydantic import ConfigDict, Field
+
+from loom.adapters.letta.stream import LettaTurn
 
 
 class LettaChatModel(BaseChatModel):

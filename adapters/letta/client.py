@@ -24,10 +24,11 @@ from typing import Any
 import httpx
 import letta_client
 from letta_client import AsyncLetta
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
 from loom.adapters.letta.config import letta_settings
 from loom.adapters.letta.errors import LettaError, LettaNotConfigured, from_letta, never_sent
 from loom.graphs.telemetry import record_letta
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 _OTID_NAMESPACE = uuid.UUID("5b0f3c52-3f0e-4d3e-9a6c-6c6f6f6d6c74")
 _backoff = wait_random_exponential(multiplier=0.5, max=8)

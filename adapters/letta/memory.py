@@ -25,6 +25,7 @@ from typing import Any
 
 import letta_client
 import numpy as np
+
 from loom.adapters.letta.client import letta
 from loom.adapters.letta.config import letta_settings
 from loom.adapters.letta.errors import from_letta

@@ -30,6 +30,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessageChunk, ToolMessage
 from letta_client import AsyncLetta, AsyncStream
+
 from loom.adapters.letta.client import cancel_in_background
 from loom.adapters.letta.errors import LettaStopped, LettaStreamError, from_letta
 

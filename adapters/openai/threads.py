@@ -14,6 +14,7 @@ there, as on the AG-UI endpoint.
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+
 from loom.adapters.agui.messages import text_of, to_agui
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+
 from loom.adapters.openpipe.reporter import message_dict
 
 

@@ -20,6 +20,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
+
 from loom.adapters.openpipe.client import OpenPipeClient, OpenPipeError, OpenPipeRateLimited
 from loom.graphs.telemetry import record_openpipe
 
