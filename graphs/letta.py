@@ -124,6 +124,7 @@ async def send(state: State, runtime: Runtime[Context]) -> dict:
     settings = letta_settings()
     agent_id = ctx.agent_id or settings.letta_agent_id or ""
     client = letta()
+    writer = get_stream_writer()
     update: dict[str, Any] = {"letta_outbox": None}
     conversation = state.get("letta_conversation") or {}
     tools = [{"name": t["name"], "description": t.get("description", ""),
@@ -138,6 +139,7 @@ async def send(state: State, runtime: Runtime[Context]) -> dict:
         try:
             stream = await send_turn(client, conversation["id"], outgoing, agent_id=agent_id,
                                      attempts=settings.letta_max_retries + 1, max_steps=ctx.max_steps,
+                                     on_wait=lambda: writer({"keepalive": True}),
                                      **({"client_tools": tools} if tools else {}))
             break
         except (LettaNotFound, LettaAgentNotFound):

@@ -338,9 +338,10 @@ def test_a_message_that_may_have_been_accepted_is_not_sent_twice(loom, letta_srv
     # As on Letta, the run goes on after the lost response and stores the message only as its first step ends.
     letta_srv.script({"status": 500, "detail": "gateway lost the response", "accept": True, "accept_ms": 600},
                      {"steps": [{"assistant": "A second answer."}]})
-    events = loom.run("letta", [user("only once")])
+    response, events = loom.post("letta", {"threadId": new_id(), "runId": new_id(), "messages": [user("only once")]})
     message = assert_run_error(events, "LETTA_SERVER_ERROR")
     assert "did not send it again" in message
+    assert ": keepalive" in response.text  # the stream said it was alive while Letta's run was waited for
     [attempt] = sends(letta_srv)  # the conversation was checked instead, once its run had ended
     state = letta_srv.state()
     conversation = state["conversations"][attempt["path"].split("/")[3]]

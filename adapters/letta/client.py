@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -100,17 +101,21 @@ def _ambiguous(exc: letta_client.APIError) -> bool:
     return isinstance(exc, letta_client.APIConnectionError)
 
 
-async def _arrived(client: AsyncLetta, conversation_id: str, otids: set[str], settle: float) -> bool:
+async def _arrived(client: AsyncLetta, conversation_id: str, otids: set[str], settle: float,
+                   on_wait: Callable[[], None] | None = None) -> bool:
     """Whether a message with one of our otids is in the conversation. Unknown counts as yes: never resend blind.
 
     A run still active in the conversation may hold the message without having stored it yet (Letta stores the
-    input when the first step ends, and finishes a run whose client left): wait up to `settle` seconds for it."""
+    input when the first step ends, and finishes a run whose client left): wait up to `settle` seconds for it,
+    calling `on_wait` at each look (the caller's keep-alive: the wait can outlast a proxy's read timeout)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settle
     try:
         while (await client.runs.list(conversation_id=conversation_id, active=True, limit=1)).items:
             if loop.time() >= deadline:
                 return True
+            if on_wait is not None:
+                on_wait()
             await asyncio.sleep(_SETTLE_POLL)
         page = await client.conversations.messages.list(conversation_id, order="desc", limit=20)
     except letta_client.APIError:
@@ -119,8 +124,10 @@ async def _arrived(client: AsyncLetta, conversation_id: str, otids: set[str], se
 
 
 async def send_turn(client: AsyncLetta, conversation_id: str, messages: list[dict], *, agent_id: str,
-                    attempts: int, **params: Any) -> letta_client.AsyncStream:
-    """POST the turn and return the open SSE stream (token streaming, pings on)."""
+                    attempts: int, on_wait: Callable[[], None] | None = None,
+                    **params: Any) -> letta_client.AsyncStream:
+    """POST the turn and return the open SSE stream (token streaming, pings on). `on_wait` is called while a
+    lost response's run is waited for."""
     sender = client.with_options(max_retries=0)
     otids = {m["otid"] for m in messages if m.get("otid")}
 
@@ -136,7 +143,8 @@ async def send_turn(client: AsyncLetta, conversation_id: str, messages: list[dic
                 record_letta("retry")
                 raise _Retry(exc) from exc
             if _ambiguous(exc):
-                if not await _arrived(client, conversation_id, otids, settle=letta_settings().letta_timeout):
+                if not await _arrived(client, conversation_id, otids, settle=letta_settings().letta_timeout,
+                                      on_wait=on_wait):
                     record_letta("retry")
                     raise _Retry(exc) from exc
                 error = from_letta(exc, base_url=str(client.base_url), agent_id=agent_id, what="message")
