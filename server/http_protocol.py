@@ -3,7 +3,8 @@
 The guard middleware (server/guard.py) answers 431 for headers over LOOM_MAX_HEADER_BYTES, but only once uvicorn
 has read the whole header block: a client sending one endless header would have uvicorn buffer it all. Here the
 bytes of an unfinished head are counted as they arrive, and past the limit (plus room for the request line and
-framing, which the guard does not count) the connection gets the guard's 431 and is closed.
+framing, which the guard does not count) the connection gets the guard's 431 and is closed. It is counted in
+`loom_http_rejections_total` like the app's own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from loom.graphs import telemetry
 from loom.server.settings import get_settings
 
 REQUEST_LINE_ROOM = 16 * 1024  # the request line, ": " and line ends: the guard counts names and values only
@@ -41,6 +43,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._refuse()
 
     def _refuse(self) -> None:
+        if telemetry.enabled:  # the app never sees this request: count it as the app counts its own 431s
+            telemetry.REJECTIONS.labels("431").inc()
         body = json.dumps({"error": {"code": "headers_too_large", "message": f"The request headers exceed "
                                      f"{self._max_header_bytes} bytes (LOOM_MAX_HEADER_BYTES)."}}).encode()
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import LoomServer, new_id, user
+from tests.metrics_scrape import delta, scrape
 
 
 def body(messages=None, **extra) -> dict:
@@ -130,8 +131,8 @@ def test_openapi_lists_the_error_responses(loom_sqlite):
 @pytest.fixture(scope="module")
 def guarded(llm, tmp_path_factory):
     server = LoomServer(tmp_path_factory.mktemp("guarded"), LOOM_LLM_BASE_URL=llm.url,
-                        LOOM_API_KEYS="alice-key=user:alice", LOOM_MAX_BODY_BYTES="100000",
-        LOOM_PUBLIC_URL="https://loom.example.org/").start()
+                        LOOM_API_KEYS="alice-key=user:alice", LOOM_MAX_BODY_BYTES="100000", LOOM_METRICS_KEY="mk",
+                        LOOM_PUBLIC_URL="https://loom.example.org/").start()
     yield server
     server.stop()
 
@@ -164,6 +165,7 @@ def test_oversized_headers_are_refused(guarded):
 def test_an_endless_header_is_refused_while_it_arrives(guarded):
     # One header that never ends: the server must answer before the client stops sending, not buffer it all.
     host, port = guarded.url.removeprefix("http://").split(":")
+    before = scrape(guarded.url, {"authorization": "Bearer mk"})
     sent, answer = 0, b""
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"GET /agents HTTP/1.1\r\nhost: loom\r\nx-endless: ")
@@ -186,6 +188,8 @@ def test_an_endless_header_is_refused_while_it_arrives(guarded):
     assert json.loads(body)["error"]["code"] == "headers_too_large"
     # Refused after ~32 KiB read; what was sent also sits in the two sockets' buffers (a few hundred KiB).
     assert sent < 2 * 1024 * 1024, sent
+    assert delta(before, scrape(guarded.url, {"authorization": "Bearer mk"}), "loom_http_rejections_total",
+                 status="431") == 1
 
 
 def test_health_shows_anonymous_callers_no_llm_url(guarded, llm):
