@@ -4,7 +4,7 @@ The real Letta server runs in tests/test_letta_real.py (tests/letta_rig.py); thi
 real server's wire (tests/letta_wire.py checks both), serves the fast tests and what the real server cannot be made
 to do on demand: 409/429/5xx before the stream, cut or truncated streams, a hung stream, scripted stop reasons
 (for 5xx and lost responses, tests/test_letta_real_faults.py puts a fault proxy in front of the real server).
-The tests drive the real `letta-client` against it. Run it::
+The tests drive the real `letta-client` against it (tests/letta_process.py runs it for them). Run it::
 
     python -m tests.letta_server --port 8283 [--api-key K]
 
@@ -45,20 +45,11 @@ import argparse
 import asyncio
 import json
 import logging
-import subprocess
-import sys
-import tempfile
-import time
 from collections import deque
-from pathlib import Path
 from urllib.parse import parse_qs
 
-import httpx
-
 from tests.letta_script import archival_page, archival_search, content_text, default_turn, frames, letta_id, now_iso
-from tests.llm_server import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 CONFLICT = ("CONFLICT: Cannot send a new message: The agent is waiting for approval on a tool call. Please approve "
             "or deny the pending request before continuing.")
@@ -347,74 +338,6 @@ async def _json(send, rec, status: int, payload, headers=()):
     await send({"type": "http.response.body", "body": body})
     if rec is not None:
         rec.update(status=status, outcome="ok" if status < 400 else "error")
-
-
-class LettaServer:
-    """The stand-in in a subprocess on a free loopback port, and its control endpoints (sync httpx)."""
-
-    def __init__(self, api_key: str | None = None):
-        self.api_key = api_key
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-        self.log_path = ""
-
-    def start(self) -> LettaServer:
-        for _attempt in range(3):  # free_port() can race with another process: retry on a new port
-            port = free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            log = tempfile.NamedTemporaryFile("w", prefix="letta_server_", suffix=".log", delete=False)
-            self.log_path = log.name
-            args = [sys.executable, "-m", "tests.letta_server", "--port", str(port)]
-            args += ["--api-key", self.api_key] if self.api_key else []
-            self.proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=log)
-            log.close()
-            self._http = httpx.Client(base_url=self.url, timeout=10)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if self._http.get("/_requests").status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            tail = Path(self.log_path).read_text()[-2000:]
-            self.stop()
-        raise RuntimeError(f"letta_server did not start; log:\n{tail}")
-
-    def script(self, *turns: dict) -> None:
-        self._http.post("/_script", json={"responses": list(turns)}).raise_for_status()
-
-    def reset(self, log_only: bool = False) -> None:
-        self._http.post("/_reset", json={"log_only": log_only}).raise_for_status()
-
-    def requests(self, path_part: str = "/messages", method: str = "POST") -> list[dict]:
-        return [r for r in self._http.get("/_requests").raise_for_status().json()
-                if path_part in r["path"] and r["method"] == method]
-
-    def state(self) -> dict:
-        return self._http.get("/_state").raise_for_status().json()
-
-    def wait(self, predicate, timeout: float = 10.0):
-        """Poll the request log until `predicate(records)` is truthy; returns its value."""
-        deadline = time.monotonic() + timeout
-        while not (value := predicate(self._http.get("/_requests").json())):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"condition not met; requests: {self._http.get('/_requests').json()}")
-            time.sleep(0.02)
-        return value
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_http", None):
-            self._http.close()
-        if self.log_path:
-            Path(self.log_path).unlink(missing_ok=True)
-            self.log_path = ""
 
 
 def main(argv: list[str] | None = None) -> None:

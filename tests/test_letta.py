@@ -13,7 +13,7 @@ from letta_client import Letta
 
 from tests.agui_js import run_agui_client
 from tests.conftest import LoomServer, event_types, new_id, text_of, user
-from tests.letta_server import LettaServer
+from tests.letta_process import LettaServer
 from tests.letta_wire import (
     assert_call_frames,
     assert_cancelled_stream,

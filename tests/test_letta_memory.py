@@ -21,7 +21,7 @@ from loom.graphs.memory_store import (
     MemoryStoreError,
 )
 from tests.conftest import LoomServer
-from tests.letta_server import LettaServer
+from tests.letta_process import LettaServer
 
 KEY = "letta-memory-key"
 LIMITS = MemoryLimits(max_per_user=4, max_length=80, max_tags=3)

@@ -22,7 +22,7 @@ from loom.adapters.openpipe.client import (
 )
 from loom.adapters.openwebui import action as action_module
 from tests.conftest import LoomServer, new_id, user
-from tests.letta_server import LettaServer
+from tests.letta_process import LettaServer
 from tests.llm_server import free_port
 from tests.openpipe_kit import OPK, fresh_openpipe_fixture, meta, openpipe_fixture, wait_for
 from tests.test_agui_clients import tool_call

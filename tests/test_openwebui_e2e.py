@@ -19,7 +19,7 @@ import socketio
 from letta_client import Letta
 
 from tests.conftest import LoomServer
-from tests.letta_server import LettaServer
+from tests.letta_process import LettaServer
 from tests.openpipe_server import OpenPipeServer
 from tests.openwebui_rig import OpenWebUI, install_loom_pipe
 
