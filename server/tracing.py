@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from loom.server.observe import logged_user
+
 log = logging.getLogger("loom.server")
 
 ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -128,7 +130,9 @@ class _UserIdPolicy:
     span cannot be changed once ended, so the spans are copied on their way out."""
 
     def __init__(self, inner: Any, mode: str):
-        self.inner, self.mode = inner, mode
+        from opentelemetry.sdk.trace import ReadableSpan  # the otel extra: imported once tracing is on
+
+        self.inner, self.mode, self._span = inner, mode, ReadableSpan
 
     def export(self, spans: Any) -> Any:
         if self.mode != "plain":
@@ -136,10 +140,6 @@ class _UserIdPolicy:
         return self.inner.export(spans)
 
     def _scrubbed(self, span: Any) -> Any:
-        from opentelemetry.sdk.trace import ReadableSpan
-
-        from loom.server.observe import logged_user
-
         raw = (span.attributes or {}).get("metadata")
         try:
             metadata = json.loads(raw) if isinstance(raw, str) else None
@@ -151,10 +151,10 @@ class _UserIdPolicy:
             del metadata["user_id"]
         else:
             metadata["user_id"] = shown
-        return ReadableSpan(name=span.name, context=span.context, parent=span.parent, resource=span.resource,
-                            attributes={**span.attributes, "metadata": json.dumps(metadata)}, events=span.events,
-                            links=span.links, kind=span.kind, status=span.status, start_time=span.start_time,
-                            end_time=span.end_time, instrumentation_scope=span.instrumentation_scope)
+        return self._span(name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+                          attributes={**span.attributes, "metadata": json.dumps(metadata)}, events=span.events,
+                          links=span.links, kind=span.kind, status=span.status, start_time=span.start_time,
+                          end_time=span.end_time, instrumentation_scope=span.instrumentation_scope)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
