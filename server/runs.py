@@ -157,12 +157,13 @@ async def stream_run(prepared: PreparedRun, encode: Callable[[list[dict]], Any] 
                 current_budget.set(prepared.budget)  # the graph's tasks copy this context: their model calls see it
                 deadline = asyncio.get_running_loop().time() + prepared.run_timeout
                 async with AsyncExitStack() as held:  # a factory's resources, held for the run
-                    graph = await _before(held.enter_async_context(entry.run_graph(prepared.config, prepared.context)),
-                                          deadline, prepared.run_timeout)
+                    graph = await _within_limit(
+                        held.enter_async_context(entry.run_graph(prepared.config, prepared.context)),
+                        deadline, prepared.run_timeout)
                     stream = graph.astream(prepared.graph_input, prepared.config, context=prepared.context,
                                            stream_mode=modes, version="v2", durability="exit", subgraphs=True)
                     async with aclosing(stream):  # closing it cancels the graph's running tasks
-                        while (part := await _next_part(stream, deadline, prepared.run_timeout)) is not None:
+                        while (part := await _within_limit(anext(stream), deadline, prepared.run_timeout)) is not None:
                             events = translator.feed(part)
                             if prepared.state is not None:
                                 events += prepared.state.feed(part)
@@ -219,20 +220,14 @@ async def _nothing() -> None:
     return None
 
 
-async def _next_part(stream: AsyncIterator, deadline: float, seconds: float) -> Any:
-    """The graph's next stream part, or None at its end; the run's wall-clock limit bounds the wait."""
-    try:
-        return await _before(anext(stream), deadline, seconds)
-    except StopAsyncIteration:
-        return None
-
-
-async def _before(awaitable: Any, deadline: float, seconds: float) -> Any:
-    """`awaitable`'s result, or RUN_TIME_LIMIT once the run's deadline passes."""
+async def _within_limit(awaitable: Any, deadline: float, seconds: float) -> Any:
+    """`awaitable`'s result (None for a stream's end), or RUN_TIME_LIMIT once the run's deadline passes."""
     timeout = asyncio.timeout_at(deadline)
     try:
         async with timeout:
             return await awaitable
+    except StopAsyncIteration:
+        return None
     except TimeoutError:
         if timeout.expired():
             raise RunLimitExceeded("RUN_TIME_LIMIT", f"The run passed its limit of {seconds:g} s (LOOM_RUN_TIMEOUT, "
